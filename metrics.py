@@ -1,0 +1,131 @@
+"""Standard monocular depth metrics, accumulated batch by batch.
+
+With d the ground truth and p the prediction (metres) over valid pixels
+(ground truth finite and > 0):
+  delta_k  fraction with max(d/p, p/d) < 1.25^k      abs_rel  mean(|d - p| / d)
+  sq_rel   mean((d - p)^2 / d)                          rms      sqrt(mean((d - p)^2))
+  rms_log  sqrt(mean((ln d - ln p)^2))                  log10    mean(|log10 d - log10 p|)
+
+Two aggregations are kept side by side:
+  per_image  each metric computed per image, then averaged over images
+             (the DenseDepth paper's figures, BTS, AdaBins, ZoeDepth);
+  pooled     all valid pixels of the test set pooled into one set
+             (DenseDepth's released evaluation code).
+They differ only for rms and rms_log.
+"""
+import math
+
+import torch
+
+METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rms", "log10", "sq_rel", "rms_log")
+AGGREGATIONS = ("per_image", "pooled")
+LOWER_IS_BETTER = {"abs_rel", "rms", "log10", "sq_rel", "rms_log"}
+# Per-pixel terms summed over valid pixels; rms and rms_log take a root at the end.
+_TERMS = ("delta1", "delta2", "delta3", "abs_rel", "sq_err", "log10", "sq_rel", "sq_log_err")
+_ROOTED = {"sq_err": "rms", "sq_log_err": "rms_log"}
+
+
+def pixel_terms(pred_m, gt_m):
+    """The per-pixel terms in _TERMS order, stacked on a new last axis."""
+    ratio = torch.maximum(gt_m / pred_m, pred_m / gt_m)
+    diff = gt_m - pred_m
+    return torch.stack(
+        [
+            (ratio < 1.25).double(),
+            (ratio < 1.25**2).double(),
+            (ratio < 1.25**3).double(),
+            diff.abs() / gt_m,
+            diff**2,
+            (torch.log10(gt_m) - torch.log10(pred_m)).abs(),
+            diff**2 / gt_m,
+            (torch.log(gt_m) - torch.log(pred_m)) ** 2,
+        ],
+        dim=-1,
+    )
+
+
+def _finish(term_means):
+    """Turn means of the _TERMS into metrics (taking the roots); works on any leading shape."""
+    values = {}
+    for index, term in enumerate(_TERMS):
+        mean = term_means[..., index]
+        values[_ROOTED.get(term, term)] = mean.sqrt() if term in _ROOTED else mean
+    return values
+
+
+class DepthMetrics:
+    """Streaming accumulator: memory does not grow with the number of images.
+
+    Sums stay on the device of the inputs (no synchronisation per batch) in
+    float64; compute() brings them to the CPU.
+    """
+
+    def __init__(self):
+        self.term_sums = None  # sums of the _TERMS over all valid pixels
+        self.image_metric_sums = None  # sums over images of each image's METRIC_NAMES
+        self.counts = None  # valid pixels, invalid pixels, images with a valid pixel
+
+    def update(self, pred_m, gt_m):
+        """Add a batch: pred_m and gt_m of the same shape (N, ...), in metres."""
+        if pred_m.shape != gt_m.shape:
+            raise ValueError(f"prediction shape {tuple(pred_m.shape)} != ground truth {tuple(gt_m.shape)}")
+        pred_m = pred_m.detach().flatten(1).double()
+        gt_m = gt_m.detach().flatten(1).double().to(pred_m.device)
+        if self.term_sums is None:
+            self.term_sums = pred_m.new_zeros(len(_TERMS))
+            self.image_metric_sums = pred_m.new_zeros(len(METRIC_NAMES))
+            self.counts = pred_m.new_zeros(3, dtype=torch.int64)
+        valid = torch.isfinite(gt_m) & (gt_m > 0)
+        terms = pixel_terms(torch.where(valid, pred_m, 1.0), torch.where(valid, gt_m, 1.0))
+        sums_per_image = (terms * valid.unsqueeze(-1)).sum(dim=1)  # (N, terms)
+        pixels_per_image = valid.sum(dim=1)
+        has_pixels = pixels_per_image > 0
+        means = sums_per_image / pixels_per_image.clamp(min=1).unsqueeze(-1)
+        per_image = torch.stack([_finish(means)[name] for name in METRIC_NAMES], dim=-1)
+        self.term_sums += sums_per_image.sum(dim=0)
+        self.image_metric_sums += (per_image * has_pixels.unsqueeze(-1)).sum(dim=0)
+        self.counts += torch.stack([pixels_per_image.sum(), (~valid).sum(), has_pixels.sum()])
+
+    def compute(self, aggregation="per_image"):
+        """Metrics as a {name: float} dict in METRIC_NAMES order (NaN before any valid pixel)."""
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        num_pixels, _, num_images = self._counts()
+        if num_pixels == 0:
+            return {name: math.nan for name in METRIC_NAMES}
+        if aggregation == "pooled":
+            values = _finish(self.term_sums.cpu() / num_pixels)
+        else:
+            values = dict(zip(METRIC_NAMES, self.image_metric_sums.cpu() / num_images))
+        return {name: float(values[name]) for name in METRIC_NAMES}
+
+    def _counts(self):
+        return (0, 0, 0) if self.counts is None else tuple(int(c) for c in self.counts.cpu())
+
+    def summary(self):
+        """Both aggregations plus the counts, ready for JSON."""
+        num_pixels, num_invalid, num_images = self._counts()
+        return {
+            "per_image": self.compute("per_image"),
+            "pooled": self.compute("pooled"),
+            "num_images": num_images,
+            "num_valid_pixels": num_pixels,
+            "num_invalid_pixels": num_invalid,
+        }
+
+
+def crop(tensor, crop_box):
+    """Keep rows top..bottom and columns left..right (both ends inclusive) of (..., H, W)."""
+    top, bottom, left, right = crop_box
+    return tensor[..., top : bottom + 1, left : right + 1]
+
+
+def format_table(values, markdown=False):
+    """Metrics as a two-line table (names, values) in the seed README's column order."""
+    names = [name for name in METRIC_NAMES if name in values]
+    cells = [f"{values[name]:.4f}" for name in names]
+    if markdown:
+        rows = [names, ["---"] * len(names), cells]
+        return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    widths = [max(len(n), len(c)) for n, c in zip(names, cells)]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in (names, cells))

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from loss import DepthLoss, gradient_loss, image_gradients, ssim
+
+
+def numpy_ssim(x, y, value_range, size=11, sigma=1.5):
+    """Mean SSIM of two 2-D images with the full 2-D Gaussian window, 'valid' positions (as tf.image.ssim)."""
+    coords = np.arange(size) - (size - 1) / 2
+    g = np.exp(-(coords**2) / (2 * sigma**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+
+    def filt(image):
+        return np.einsum("ijkl,kl->ij", sliding_window_view(image, (size, size)), window)
+
+    c1, c2 = (0.01 * value_range) ** 2, (0.03 * value_range) ** 2
+    mx, my = filt(x), filt(y)
+    vx, vy, cxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
+    ssim_map = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return ssim_map.mean()
+
+
+def test_ssim_matches_an_independent_2d_computation():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 100, (2, 1, 24, 30))
+    y = np.clip(x + rng.normal(0, 15, x.shape), 1, 100)
+    got = ssim(torch.from_numpy(x), torch.from_numpy(y), value_range=100)
+    expected = [numpy_ssim(x[i, 0], y[i, 0], 100) for i in range(2)]
+    assert got.shape == (2,)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+    # the float32 path used in training agrees within float tolerance
+    got32 = ssim(torch.from_numpy(x).float(), torch.from_numpy(y).float(), value_range=100)
+    np.testing.assert_allclose(got32.numpy(), expected, rtol=1e-4)
+
+
+def test_ssim_of_identical_images_is_one_and_the_loss_zero():
+    y = torch.rand(3, 1, 32, 40) * 99 + 1
+    assert torch.allclose(ssim(y, y, 100), torch.ones(3))
+    assert DepthLoss()(y, y).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gradients_and_gradient_loss_by_hand():
+    pred = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    dy, dx = image_gradients(pred)
+    assert dy.tolist() == [[[[2.0, 2.0], [0.0, 0.0]]]]
+    assert dx.tolist() == [[[[1.0, 0.0], [1.0, 0.0]]]]
+    # |dy| + |dx| summed is 6 over 4 pixels
+    assert gradient_loss(pred, torch.zeros_like(pred)).item() == pytest.approx(1.5)
+
+
+def test_loss_is_the_weighted_sum_of_its_terms():
+    torch.manual_seed(0)
+    target = torch.rand(2, 1, 24, 32) * 99 + 1
+    pred = target + torch.randn_like(target) * 5
+    l1 = (pred - target).abs().mean()
+    ssim_term = ((1 - ssim(pred, target, 100)) / 2).clamp(0, 1).mean()
+    expected = 0.1 * l1 + gradient_loss(pred, target) + ssim_term
+    assert DepthLoss()(pred, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert 0 < ssim_term < 1
+
+
+def test_loss_gradients_flow():
+    target = torch.rand(1, 1, 16, 16) * 99 + 1
+    pred = torch.full_like(target, 50.0, requires_grad=True)
+    DepthLoss()(pred, target).backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from metrics import METRIC_NAMES, DepthMetrics, crop, format_table
+
+
+def test_metrics_of_one_image_by_hand():
+    gt = torch.tensor([[1.0, 2.0, 4.0]])
+    pred = torch.tensor([[1.0, 1.0, 8.0]])  # ratios 1, 2, 2
+    metrics = DepthMetrics()
+    metrics.update(pred, gt)
+    values = metrics.compute("pooled")
+    assert values["delta1"] == pytest.approx(1 / 3)
+    assert values["delta2"] == pytest.approx(1 / 3)  # 2 > 1.25^2
+    assert values["delta3"] == pytest.approx(1 / 3)  # 2 > 1.25^3 = 1.953
+    assert values["abs_rel"] == pytest.approx((0 + 1 / 2 + 4 / 4) / 3)
+    assert values["sq_rel"] == pytest.approx((0 + 1 / 2 + 16 / 4) / 3)
+    assert values["rms"] == pytest.approx(math.sqrt(17 / 3))
+    assert values["rms_log"] == pytest.approx(math.sqrt(2 * math.log(2) ** 2 / 3))
+    assert values["log10"] == pytest.approx(2 * math.log10(2) / 3)
+    assert metrics.compute("per_image") == pytest.approx(values)  # one image: both agree
+
+
+def test_abs_rel_is_relative_to_the_ground_truth():
+    metrics = DepthMetrics()
+    metrics.update(torch.tensor([[3.0]]), torch.tensor([[2.0]]))
+    assert metrics.compute()["abs_rel"] == pytest.approx(0.5)  # |2 - 3| / 2, not / 3
+
+
+def test_pooled_and_per_image_aggregation_differ_as_expected():
+    # image 1: 4 valid pixels all 1 m off; image 2: 1 valid pixel 3 m off (3 pixels invalid)
+    gt = torch.tensor([[2.0, 2.0, 2.0, 2.0], [4.0, 0.0, float("nan"), float("inf")]])
+    pred = torch.tensor([[3.0, 3.0, 3.0, 3.0], [1.0, 5.0, 5.0, 5.0]])
+    metrics = DepthMetrics()
+    metrics.update(pred, gt)
+    pooled, per_image = metrics.compute("pooled"), metrics.compute("per_image")
+    assert pooled["rms"] == pytest.approx(math.sqrt((4 * 1 + 9) / 5))
+    assert per_image["rms"] == pytest.approx((1 + 3) / 2)
+    assert pooled["abs_rel"] == pytest.approx((4 * 0.5 + 0.75) / 5)
+    assert per_image["abs_rel"] == pytest.approx((0.5 + 0.75) / 2)
+    summary = metrics.summary()
+    assert (summary["num_images"], summary["num_valid_pixels"], summary["num_invalid_pixels"]) == (2, 5, 3)
+
+
+def test_streaming_batches_equal_one_batch_and_empty_images_are_skipped():
+    torch.manual_seed(0)
+    gt = torch.rand(6, 1, 8, 8) * 9 + 0.5
+    pred = gt * (1 + 0.3 * torch.randn_like(gt)).abs()
+    gt[5] = 0  # an image without valid pixels counts for neither aggregation
+    whole, streamed = DepthMetrics(), DepthMetrics()
+    whole.update(pred, gt)
+    for start, stop in ((0, 2), (2, 5), (5, 6)):
+        streamed.update(pred[start:stop], gt[start:stop])
+    for aggregation in ("pooled", "per_image"):
+        assert streamed.compute(aggregation) == pytest.approx(whole.compute(aggregation))
+    assert whole.summary()["num_images"] == 5
+
+
+def test_no_valid_pixels_gives_nan_and_shape_mismatch_is_refused():
+    assert all(math.isnan(v) for v in DepthMetrics().compute().values())
+    with pytest.raises(ValueError):
+        DepthMetrics().update(torch.ones(1, 4), torch.ones(1, 5))
+
+
+def test_crop_keeps_both_ends():
+    image = torch.arange(100).view(10, 10)
+    cropped = crop(image, (2, 4, 3, 8))
+    assert cropped.shape == (3, 6)
+    assert cropped[0, 0] == 23 and cropped[-1, -1] == 48
+
+
+def test_table_lists_the_seed_columns_first():
+    values = dict.fromkeys(METRIC_NAMES, 0.5)
+    header = format_table(values).splitlines()[0].split()
+    assert header[:6] == ["delta1", "delta2", "delta3", "abs_rel", "rms", "log10"]
+    assert format_table(values, markdown=True).startswith("| delta1 |")
