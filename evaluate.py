@@ -1,0 +1,151 @@
+"""Evaluate a trained DenseDepth model on the Eigen test split, or predict the depth of a picture.
+
+Evaluation on the Eigen test zip (nyu_test.zip) by the DenseDepth protocol:
+    python evaluate.py --model checkpoints/best.pth --data nyu_test.zip
+Depth of a picture, as a colour map and as a 16-bit PNG in millimetres:
+    python evaluate.py --model checkpoints/best.pth --img photo.jpg --output_dir results
+
+The protocol: each picture is resized to the network's input size (the one it
+was trained at, stored in the checkpoint), predicted together with its mirror
+image, both converted to metres (clipped to [0.1, 10] m), upsampled to the
+ground truth's size and averaged; the metrics are taken inside the Eigen crop
+over ground-truth pixels that are finite and > 0.
+"""
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from data import EigenTestZip, scaled_eigen_crop
+from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
+from model import SIZE_MULTIPLE, DenseDepth, predict_depth_m
+from utils import UserError, atomic_write, choose_device, colorize_depth, load_checkpoint, run_main
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Evaluation of depth estimation model on either test data/own images")
+    parser.add_argument("--model", required=True, help="Model checkpoint path")
+    parser.add_argument("--data", help="Test data zip path (if evaluation on test data)")
+    parser.add_argument("--img", help="Image path (if evaluation on a single image)")
+    parser.add_argument("--batch_size", type=int, default=4, help="Batch size to process the test data")
+    parser.add_argument("--output_dir", default="results", help="Directory to save output depth images")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="per_image",
+                        help="how the printed table averages: per image then over images (default, as the paper's "
+                             "figures), or all pixels pooled (as DenseDepth's code); both are saved in the JSON")
+    parser.add_argument("--no_flip", dest="flip", action="store_false",
+                        help="skip the mirror-image averaging of the protocol (twice as fast, slightly worse)")
+    return parser
+
+
+def load_model(path, device):
+    """The model stored in a checkpoint, in eval mode on `device`, and the input size it was trained at."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    model = DenseDepth(decoder_width=config["decoder_width"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise UserError(f"checkpoint {path} does not fit a DenseDepth model with decoder width "
+                        f"{config['decoder_width']}: {str(err).splitlines()[0]}") from err
+    return model.to(device).eval(), tuple(config["input_size"])
+
+
+def evaluate_protocol(model, batches, input_size, crop_box, device, flip=True, total=None, desc="evaluating"):
+    """Run the evaluation protocol over (images (B, 3, H, W) in [0, 1], depth_m (B, 1, H, W)) batches.
+
+    crop_box None means the Eigen crop scaled to the ground truth's size.
+    """
+    metrics = DepthMetrics()
+    model.eval()
+    with torch.inference_mode():
+        for images, depth_m in tqdm(batches, total=total, desc=desc, unit="batch", leave=False):
+            images, depth_m = images.to(device), depth_m.to(device)
+            pred_m = predict_depth_m(model, images, input_size, depth_m.shape[-2:], flip)
+            box = crop_box or scaled_eigen_crop(*depth_m.shape[-2:])
+            metrics.update(crop(pred_m, box), crop(depth_m, box))
+    return metrics
+
+
+def eigen_batches(test_set, batch_size):
+    """Batches of the Eigen test zip as tensors: images in [0, 1], depth (B, 1, H, W) in metres."""
+    for rgb, depth_m in test_set.batches(batch_size):
+        yield torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(depth_m)[:, None]
+
+
+def evaluate_zip(model, input_size, args, device):
+    test_set = EigenTestZip(args.data)
+    batches = eigen_batches(test_set, args.batch_size)
+    metrics = evaluate_protocol(model, batches, input_size, test_set.crop, device, args.flip,
+                                total=math.ceil(len(test_set) / args.batch_size))
+    summary = metrics.summary()
+    print(f"{summary['num_images']} images, Eigen crop {list(test_set.crop)}, "
+          f"{'with' if args.flip else 'without'} flip averaging, {args.aggregation.replace('_', '-')} aggregation:")
+    print(format_table(summary[args.aggregation]))
+    if summary["num_invalid_pixels"]:
+        print(f"{summary['num_invalid_pixels']} ground-truth pixels inside the crop were not finite and > 0 and were left out")
+    report = {"model": str(args.model), "data": str(args.data), "crop": list(test_set.crop), "flip": args.flip,
+              "input_size": list(input_size), **summary}
+    path = Path(args.output_dir) / "metrics.json"
+    with atomic_write(path) as file:
+        file.write(json.dumps(report, indent=2).encode())
+    print(f"metrics saved to {path}")
+
+
+def load_picture(path):
+    """A picture as a (1, 3, H, W) tensor in [0, 1], upright (EXIF orientation applied), any mode -> RGB."""
+    try:
+        with Image.open(path) as picture:
+            rgb = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))
+    except FileNotFoundError as err:
+        raise UserError(f"--img {path} does not exist") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"--img {path} is not a picture that can be read ({err})") from err
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def network_size(picture_size, trained_size):
+    """An input size with the picture's aspect ratio, about the trained area, sides multiples of 32."""
+    scale = math.sqrt(trained_size[0] * trained_size[1] / (picture_size[0] * picture_size[1]))
+    return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in picture_size)
+
+
+def save_png(array, path):
+    with atomic_write(path) as file:
+        Image.fromarray(array).save(file, format="PNG")
+
+
+def predict_picture(model, input_size, args, device):
+    image = load_picture(args.img).to(device)
+    picture_size = tuple(image.shape[-2:])
+    with torch.inference_mode():
+        depth_m = predict_depth_m(model, image, network_size(picture_size, input_size), picture_size, args.flip)
+    depth_m = depth_m[0, 0].cpu().numpy()
+    stem = Path(args.output_dir) / Path(args.img).stem
+    color_path, mm_path = stem.with_name(stem.name + "_depth.png"), stem.with_name(stem.name + "_depth_mm.png")
+    save_png(colorize_depth(depth_m), color_path)
+    save_png(np.rint(depth_m * 1000).astype(np.uint16), mm_path)
+    print(f"depth {depth_m.min():.2f}..{depth_m.max():.2f} m; wrote {color_path} (plasma colour map, near = dark) "
+          f"and {mm_path} (16-bit PNG, millimetres)")
+
+
+def main(args):
+    if (args.data is None) == (args.img is None):
+        raise UserError("give exactly one of --data (a test zip) and --img (a picture)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    device = choose_device(args.device)
+    model, input_size = load_model(args.model, device)
+    if args.data is not None:
+        evaluate_zip(model, input_size, args, device)
+    else:
+        predict_picture(model, input_size, args, device)
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser().parse_args())

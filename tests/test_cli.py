@@ -1,0 +1,94 @@
+"""train.py and evaluate.py through their command lines, on tiny generated zips."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+TRAIN_FLAGS = ["--batch_size", 4, "--input_size", 64, 64, "--decoder_width", 0.0625, "--no_pretrained",
+               "--workers", 0, "--log_interval", 1]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_zips, tmp_path_factory):
+    """One epoch of training on the tiny zip: (checkpoint dir, completed process)."""
+    checkpoint_dir = tmp_path_factory.mktemp("checkpoints")
+    result = run("train.py", "--data_dir", tiny_zips[0], "--checkpoint_dir", checkpoint_dir, "--epochs", 1, *TRAIN_FLAGS)
+    assert result.returncode == 0, result.stderr
+    return checkpoint_dir, result
+
+
+def test_train_writes_last_and_best_checkpoints(trained):
+    checkpoint_dir, result = trained
+    assert "epoch 1 step 2/2: loss" in result.stdout and "abs_rel" in result.stdout
+    checkpoint = torch.load(checkpoint_dir / "last.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["config"] == {"decoder_width": 0.0625, "input_size": [64, 64]}
+    assert set(checkpoint["val_metrics"]) >= {"delta1", "abs_rel", "rms", "log10"}
+    assert {"model", "optimizer", "args", "versions"} <= set(checkpoint)
+    assert (checkpoint_dir / "best.pth").is_file()
+
+
+def test_train_resumes_where_it_stopped(trained, tiny_zips, tmp_path):
+    checkpoint_dir, _ = trained
+    result = run("train.py", "--data_dir", tiny_zips[0], "--checkpoint_dir", tmp_path, "--epochs", 2,
+                 "--checkpoint", checkpoint_dir / "last.pth", *TRAIN_FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout and "after epoch 1" in result.stdout
+    assert "epoch 1 step" not in result.stdout and "epoch 2 step 2/2" in result.stdout
+    before = torch.load(checkpoint_dir / "last.pth", map_location="cpu", weights_only=True)
+    after = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
+    assert after["epoch"] == 2
+    assert after["optimizer"]["state"][0]["step"] == before["optimizer"]["state"][0]["step"] * 2
+
+
+def test_evaluate_on_the_eigen_zip(trained, tiny_zips, tmp_path):
+    checkpoint_dir, _ = trained
+    result = run("evaluate.py", "--model", checkpoint_dir / "best.pth", "--data", tiny_zips[1],
+                 "--batch_size", 3, "--output_dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "delta1" in result.stdout and "per-image aggregation" in result.stdout
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["num_images"] == 4
+    assert report["crop"] == [2, 45, 2, 61]
+    assert report["num_valid_pixels"] == 4 * 44 * 60
+    for aggregation in ("per_image", "pooled"):
+        assert 0 <= report[aggregation]["delta1"] <= 1 and report[aggregation]["abs_rel"] > 0
+
+
+def test_predict_a_picture_at_its_own_size(trained, tmp_path):
+    checkpoint_dir, _ = trained
+    picture = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(picture)
+    result = run("evaluate.py", "--model", checkpoint_dir / "best.pth", "--img", picture, "--output_dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    color = Image.open(tmp_path / "out" / "photo_depth.png")
+    depth_mm = Image.open(tmp_path / "out" / "photo_depth_mm.png")
+    assert (color.mode, color.size) == ("RGB", (70, 50))
+    assert (depth_mm.mode, depth_mm.size) == ("I;16", (70, 50))
+    values = np.asarray(depth_mm)
+    assert 100 <= values.min() and values.max() <= 10000  # millimetres, within [0.1, 10] m
+
+
+@pytest.mark.parametrize("script, args, needle", [
+    ("evaluate.py", ["--model", "missing.pth", "--data", "a.zip", "--img", "b.png"], "exactly one of --data"),
+    ("evaluate.py", ["--model", "missing.pth", "--img", "b.png"], "missing.pth does not exist"),
+    ("train.py", ["--data_dir", "nowhere.zip", "--batch_size", 2, "--checkpoint_dir", "x", "--epochs", 1], "nowhere.zip does not exist"),
+    ("train.py", ["--data_dir", "nowhere.zip", "--batch_size", 0, "--checkpoint_dir", "x", "--epochs", 1], "--batch_size must be"),
+])
+def test_bad_input_gets_one_line_and_no_trace(script, args, needle):
+    result = run(script, *args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
