@@ -287,8 +287,10 @@ class Room:
 
     def intersect(self, origin, dirs):
         """Distance from a point inside the room to the wall, floor or ceiling each ray meets."""
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             exits = [(np.where(dirs[i] > 0, self.size[i], 0.0) - origin[i]) / dirs[i] for i in range(3)]
+        # A ray parallel to a pair of walls never meets them (x / 0 would give -inf there).
+        exits = [np.where(dirs[i] == 0, np.inf, exit_t) for i, exit_t in enumerate(exits)]
         return np.minimum(np.minimum(exits[0], exits[1]), exits[2])
 
     def shade_inputs(self, points):

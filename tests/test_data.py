@@ -113,6 +113,21 @@ def test_rendered_depth_is_exact_z_depth():
     assert (hit_id == -1).all()
 
 
+def test_rays_parallel_to_walls_still_hit_the_room():
+    scene, _ = empty_room_camera()
+    dirs = np.float32([[0.0, 1.0, 0.0, 0.3], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # columns are rays
+    t = scene.room.intersect(np.float32([2.5, 1.2, 1.0]), dirs)
+    assert np.allclose(t, [6.0, 2.5, 1.2, 2.5 / 0.3])
+
+
+def test_rendered_depth_is_finite_and_in_range_everywhere():
+    for scene_index in range(3):
+        _, frames = scenes.render_scene(7, 0, scene_index, 2, 160, 120)
+        for rgb, depth_m in frames:
+            assert np.isfinite(depth_m).all() and depth_m.min() > 0.3 and depth_m.max() <= 10
+            assert rgb.dtype == np.uint8 and rgb.shape == (120, 160, 3)
+
+
 def test_rendered_pictures_carry_a_perspective_cue(tiny_zips):
     """Over many views, lower rows (floor, near furniture) are nearer than the middle of the picture."""
     _, test_zip = tiny_zips
