@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from data import EigenTestZip, scaled_eigen_crop
 from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
-from model import SIZE_MULTIPLE, DenseDepth, predict_depth_m
+from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
 from utils import UserError, atomic_write, choose_device, colorize_depth, load_checkpoint, run_main
 
 
@@ -46,14 +46,8 @@ def get_args_parser():
 def load_model(path, device):
     """The model stored in a checkpoint, in eval mode on `device`, and the input size it was trained at."""
     checkpoint = load_checkpoint(path)
-    config = checkpoint["config"]
-    model = DenseDepth(decoder_width=config["decoder_width"])
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
-        raise UserError(f"checkpoint {path} does not fit a DenseDepth model with decoder width "
-                        f"{config['decoder_width']}: {str(err).splitlines()[0]}") from err
-    return model.to(device).eval(), tuple(config["input_size"])
+    model = model_from_checkpoint(checkpoint, path)
+    return model.to(device).eval(), tuple(checkpoint["config"]["input_size"])
 
 
 def evaluate_protocol(model, batches, input_size, crop_box, device, flip=True, total=None, desc="evaluating"):

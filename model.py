@@ -122,6 +122,18 @@ def build_encoder(pretrained):
         ) from err
 
 
+def model_from_checkpoint(checkpoint, source):
+    """The DenseDepth model saved in a checkpoint dict (train.py's format), on the CPU."""
+    width = checkpoint["config"]["decoder_width"]
+    model = DenseDepth(width)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise UserError(f"checkpoint {source} does not fit a DenseDepth model with decoder width {width} "
+                        f"({str(err).strip().splitlines()[0]})") from err
+    return model
+
+
 def pad_to_multiple(image, multiple):
     """Replicate-pad the bottom and right edges so both sides are multiples of `multiple`."""
     height, width = image.shape[-2:]

@@ -26,7 +26,7 @@ from data import TEST_CSV, TRAIN_CSV, NYUDepthDataset, open_training_data, read_
 from evaluate import evaluate_protocol
 from loss import DepthLoss
 from metrics import DepthMetrics, format_table
-from model import DenseDepth, count_parameters, depth_m_to_target, target_to_depth_m
+from model import DenseDepth, count_parameters, depth_m_to_target, model_from_checkpoint, target_to_depth_m
 from utils import RunningMean, UserError, choose_device, default_workers, load_checkpoint, run_main, save_checkpoint
 from utils import seed_everything
 
@@ -39,18 +39,19 @@ def get_args_parser():
     required.add_argument("--batch_size", type=int, required=True, help="Batch size to process the train data")
     required.add_argument("--checkpoint_dir", required=True, help="Directory to save checkpoints in")
     required.add_argument("--epochs", type=int, required=True, help="Number of epochs")
-    parser.add_argument("--checkpoint", help="Model checkpoint path, to resume training from")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Learning rate (Adam)")
-    parser.add_argument("--log_interval", type=int, default=100, help="Interval to print the avg. loss and metrics")
-    parser.add_argument("--input_size", type=int, nargs=2, default=(480, 640), metavar=("HEIGHT", "WIDTH"),
+    optional = parser.add_argument_group("optional arguments")
+    optional.add_argument("--checkpoint", help="Model checkpoint path, to resume training from")
+    optional.add_argument("--lr", type=float, default=1e-4, help="Learning rate (Adam)")
+    optional.add_argument("--log_interval", type=int, default=100, help="Interval to print the avg. loss and metrics")
+    optional.add_argument("--input_size", type=int, nargs=2, default=(480, 640), metavar=("HEIGHT", "WIDTH"),
                         help="network input size; NYU pictures are 480 640; smaller trains faster on a CPU")
-    parser.add_argument("--decoder_width", type=float, default=1.0,
+    optional.add_argument("--decoder_width", type=float, default=1.0,
                         help="decoder width factor: 1.0 is the paper's model, 0.5 the original code's default")
-    parser.add_argument("--no_pretrained", dest="pretrained", action="store_false",
+    optional.add_argument("--no_pretrained", dest="pretrained", action="store_false",
                         help="start the encoder from random weights instead of ImageNet's")
-    parser.add_argument("--workers", type=int, help="DataLoader workers (default: a few per GPU, half the cores on a CPU)")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for initialisation, shuffling and augmentation")
+    optional.add_argument("--workers", type=int, help="DataLoader workers (default: a few per GPU, half the cores on a CPU)")
+    optional.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    optional.add_argument("--seed", type=int, default=0, help="random seed for initialisation, shuffling and augmentation")
     return parser
 
 
@@ -85,9 +86,7 @@ def build_model(args, checkpoint):
     """The model: the checkpoint's weights and width when resuming, else new (ImageNet encoder if asked)."""
     if checkpoint is None:
         return DenseDepth(args.decoder_width, pretrained=args.pretrained)
-    model = DenseDepth(checkpoint["config"]["decoder_width"])
-    model.load_state_dict(checkpoint["model"])
-    return model
+    return model_from_checkpoint(checkpoint, args.checkpoint)
 
 
 def train_one_epoch(model, loader, criterion, optimizer, device, epoch, args):

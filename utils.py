@@ -90,7 +90,7 @@ def load_checkpoint(path):
     except Exception as err:  # torch raises many types for a damaged or foreign file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"checkpoint {path} could not be read as a checkpoint of this project ({reason})") from err
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "args" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not {"model", "config", "args"} <= checkpoint.keys():
         raise UserError(f"checkpoint {path} is not a checkpoint of this project (no model weights and settings)")
     return checkpoint
 
