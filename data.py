@@ -23,6 +23,9 @@ from torch.utils.data import Dataset
 
 try:  # several times faster than PIL; deprecated in torchvision 0.29 in favour of TorchCodec
     from torchvision.io import ImageReadMode, decode_image
+
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
 except ImportError:  # a torchvision without it: decode with PIL
     decode_image = None
 
@@ -127,10 +130,8 @@ def decode_picture(data, rgb):
         with Image.open(io.BytesIO(data)) as picture:
             array = np.asarray(picture.convert("RGB") if rgb else picture)
         return torch.from_numpy(array.copy()).view(*array.shape[:2], -1).permute(2, 0, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mode = ImageReadMode.RGB if rgb else ImageReadMode.UNCHANGED
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+    mode = ImageReadMode.RGB if rgb else ImageReadMode.UNCHANGED
+    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
 
 
 def decode_rgb(data):

@@ -12,6 +12,12 @@ from sample_data import write_sample_data  # noqa: E402
 TINY_SIZE = (48, 64)  # height, width
 
 
+def pytest_configure(config):
+    # data.py silences this at import, but pytest resets warning filters for each test.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+
+
 @pytest.fixture(scope="session")
 def tiny_zips(tmp_path_factory):
     """(nyu_data.zip, nyu_test.zip) with 8 training and 4 test pairs of 64x48 pictures."""
