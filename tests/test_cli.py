@@ -92,3 +92,11 @@ def test_bad_input_gets_one_line_and_no_trace(script, args, needle):
     assert result.returncode == 2
     assert needle in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_constant_baseline_script(tiny_zips, tmp_path):
+    result = run("scripts/constant_baseline.py", "--train_data", tiny_zips[0], "--data", tiny_zips[1], "--output_dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "constant depth" in result.stdout and "delta1" in result.stdout
+    report = json.loads((tmp_path / "baseline_metrics.json").read_text())
+    assert 0.5 < report["constant_depth_m"] < 10 and report["num_images"] == 4

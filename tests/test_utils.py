@@ -1,0 +1,68 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from utils import RunningMean, UserError, atomic_write, choose_device, colorize_depth, load_checkpoint, save_checkpoint
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
+    path = tmp_path / "out" / "file.bin"
+    with atomic_write(path) as file:
+        file.write(b"first")
+    assert path.read_bytes() == b"first"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as file:
+            file.write(b"half of the sec")
+            raise RuntimeError("killed half-way")
+    assert path.read_bytes() == b"first"
+    assert os.listdir(path.parent) == ["file.bin"]  # no temporary file left behind
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_checkpoints_round_trip_and_foreign_files_are_refused(tmp_path):
+    state = {"model": {"w": torch.ones(2)}, "config": {"decoder_width": 1.0}, "args": {"lr": 1e-4}}
+    save_checkpoint(state, tmp_path / "ok.pth")
+    assert torch.equal(load_checkpoint(tmp_path / "ok.pth")["model"]["w"], torch.ones(2))
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    torch.save({"something": 1}, tmp_path / "other.pth")
+    for name, needle in (("text.pth", "could not be read"), ("other.pth", "not a checkpoint"), ("none.pth", "does not exist")):
+        with pytest.raises(UserError, match=needle):
+            load_checkpoint(tmp_path / name)
+
+
+def test_device_choice():
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError):
+        choose_device("not-a-device")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA"):
+            choose_device("cuda")
+
+
+def test_colorize_depth():
+    depth = np.linspace(0.5, 5, 12, dtype=np.float32).reshape(3, 4)
+    picture = colorize_depth(depth)
+    assert picture.shape == (3, 4, 3) and picture.dtype == np.uint8
+    assert not np.array_equal(picture[0, 0], picture[-1, -1])  # near and far get different colours
+    # with a fixed range, 5 m gets the same colour in any map; with the map's own range it need not
+    wide, narrow = np.array([[1.0, 5.0, 9.0]]), np.array([[4.0, 5.0, 8.0]])
+    assert np.array_equal(colorize_depth(wide, 0, 10)[0, 1], colorize_depth(narrow, 0, 10)[0, 1])
+    assert not np.array_equal(colorize_depth(wide)[0, 1], colorize_depth(narrow)[0, 1])
+
+
+def test_running_mean():
+    mean = RunningMean()
+    mean.add(2.0)
+    mean.add(5.0, count=2)
+    assert mean.mean == 4.0 and mean.count == 3
+    mean.reset()
+    assert mean.mean == 0.0
