@@ -12,6 +12,7 @@ Each epoch ends with the metrics on the zip's test split (the evaluation
 protocol of evaluate.py) and writes checkpoint_dir/last.pth; the epoch with
 the lowest abs rel is also kept as checkpoint_dir/best.pth.
 """
+
 import argparse
 import math
 import platform
@@ -34,8 +35,11 @@ from utils import seed_everything
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Training of depth estimation model")
     required = parser.add_argument_group("mandatory arguments")
-    required.add_argument("--data_dir", required=True,
-                          help="Train data: nyu_data.zip, or a directory holding it or its extracted 'data' folder")
+    required.add_argument(
+        "--data_dir",
+        required=True,
+        help="Train data: nyu_data.zip, or a directory holding it or its extracted 'data' folder",
+    )
     required.add_argument("--batch_size", type=int, required=True, help="Batch size to process the train data")
     required.add_argument("--checkpoint_dir", required=True, help="Directory to save checkpoints in")
     required.add_argument("--epochs", type=int, required=True, help="Number of epochs")
@@ -43,15 +47,35 @@ def get_args_parser():
     optional.add_argument("--checkpoint", help="Model checkpoint path, to resume training from")
     optional.add_argument("--lr", type=float, default=1e-4, help="Learning rate (Adam)")
     optional.add_argument("--log_interval", type=int, default=100, help="Interval to print the avg. loss and metrics")
-    optional.add_argument("--input_size", type=int, nargs=2, default=(480, 640), metavar=("HEIGHT", "WIDTH"),
-                        help="network input size; NYU pictures are 480 640; smaller trains faster on a CPU")
-    optional.add_argument("--decoder_width", type=float, default=1.0,
-                        help="decoder width factor: 1.0 is the paper's model, 0.5 the original code's default")
-    optional.add_argument("--no_pretrained", dest="pretrained", action="store_false",
-                        help="start the encoder from random weights instead of ImageNet's")
-    optional.add_argument("--workers", type=int, help="DataLoader workers (default: a few per GPU, half the cores on a CPU)")
-    optional.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    optional.add_argument("--seed", type=int, default=0, help="random seed for initialisation, shuffling and augmentation")
+    optional.add_argument(
+        "--input_size",
+        type=int,
+        nargs=2,
+        default=(480, 640),
+        metavar=("HEIGHT", "WIDTH"),
+        help="network input size; NYU pictures are 480 640; smaller trains faster on a CPU",
+    )
+    optional.add_argument(
+        "--decoder_width",
+        type=float,
+        default=1.0,
+        help="decoder width factor: 1.0 is the paper's model, 0.5 the original code's default",
+    )
+    optional.add_argument(
+        "--no_pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="start the encoder from random weights instead of ImageNet's",
+    )
+    optional.add_argument(
+        "--workers", type=int, help="DataLoader workers (default: a few per GPU, half the cores on a CPU)"
+    )
+    optional.add_argument(
+        "--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    optional.add_argument(
+        "--seed", type=int, default=0, help="random seed for initialisation, shuffling and augmentation"
+    )
     return parser
 
 
@@ -73,11 +97,14 @@ def build_loaders(args, device):
     train_set = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), args.input_size, train=True)
     val_set = NYUDepthDataset(archive, read_pairs(archive, TEST_CSV), args.input_size, train=False)
     if len(train_set) < args.batch_size:
-        raise UserError(f"{args.data_dir} has {len(train_set)} training pairs, fewer than --batch_size {args.batch_size}")
+        raise UserError(
+            f"{args.data_dir} has {len(train_set)} training pairs, fewer than --batch_size {args.batch_size}"
+        )
     workers = default_workers(device) if args.workers is None else args.workers
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, drop_last=True,
-                              generator=torch.Generator().manual_seed(args.seed), **common)
+    train_loader = DataLoader(
+        train_set, args.batch_size, shuffle=True, drop_last=True, generator=torch.Generator(), **common
+    )
     val_loader = DataLoader(val_set, args.batch_size, shuffle=False, **common)
     return train_loader, val_loader
 
@@ -92,8 +119,12 @@ def build_model(args, checkpoint):
 def train_one_epoch(model, loader, criterion, optimizer, device, epoch, args):
     """One pass over the training set; returns the mean loss."""
     model.train()
+    # The shuffle order depends on the epoch alone, so a resumed run sees the same order.
+    loader.generator.manual_seed(args.seed + epoch)
     epoch_loss, interval_loss, interval_metrics = RunningMean(), RunningMean(), DepthMetrics()
-    progress = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=args.batch_size, dynamic_ncols=True)
+    progress = tqdm(
+        loader, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=args.batch_size, dynamic_ncols=True
+    )
     for step, (images, depth_m) in enumerate(progress, start=1):
         images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
         pred = model(images)
@@ -109,8 +140,10 @@ def train_one_epoch(model, loader, criterion, optimizer, device, epoch, args):
             epoch_loss.add(mean_loss, interval_loss.count)
             train_metrics = interval_metrics.compute("pooled")
             progress.set_postfix(loss=f"{mean_loss:.4f}")
-            tqdm.write(f"epoch {epoch} step {step}/{len(loader)}: loss {mean_loss:.4f}, "
-                       f"delta1 {train_metrics['delta1']:.3f}, abs_rel {train_metrics['abs_rel']:.3f}")
+            tqdm.write(
+                f"epoch {epoch} step {step}/{len(loader)}: loss {mean_loss:.4f}, "
+                f"delta1 {train_metrics['delta1']:.3f}, abs_rel {train_metrics['abs_rel']:.3f}"
+            )
             interval_loss.reset()
             interval_metrics = DepthMetrics()
     return epoch_loss.mean
@@ -131,8 +164,11 @@ def make_checkpoint(model, optimizer, epoch, args, val_metrics, best_abs_rel):
         "config": {"decoder_width": model.decoder_width, "input_size": list(args.input_size)},
         "val_metrics": val_metrics,
         "best_abs_rel": best_abs_rel,
-        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+            "python": platform.python_version(),
+        },
     }
 
 
@@ -150,9 +186,11 @@ def main(args):
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_epoch, best_abs_rel = checkpoint["epoch"] + 1, checkpoint["best_abs_rel"]
         print(f"resumed from {args.checkpoint} after epoch {checkpoint['epoch']}")
-    print(f"DenseDepth, decoder width {model.decoder_width}, {count_parameters(model) / 1e6:.2f} M parameters, "
-          f"on {device}; {len(train_loader.dataset)} training pairs, {len(val_loader.dataset)} test pairs, "
-          f"input {args.input_size[0]}x{args.input_size[1]}")
+    print(
+        f"DenseDepth, decoder width {model.decoder_width}, {count_parameters(model) / 1e6:.2f} M parameters, "
+        f"on {device}; {len(train_loader.dataset)} training pairs, {len(val_loader.dataset)} test pairs, "
+        f"input {args.input_size[0]}x{args.input_size[1]}"
+    )
 
     for epoch in range(start_epoch, args.epochs + 1):
         started = time.time()
