@@ -6,6 +6,7 @@ y = MAX_DEPTH_CM / depth_cm at half the input resolution (N, 1, H/2, W/2).
 parametrisation and its inverse live; training, evaluation and prediction all
 go through them.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +25,7 @@ ENCODER_CHANNELS = 1664
 # DenseNet-169 trunk layers whose outputs feed the decoder, deepest first, with
 # their channel counts: 1/16, 1/8, 1/4 and 1/2 of the input resolution.
 SKIP_LAYERS = (("transition2", 256), ("transition1", 128), ("pool0", 64), ("relu0", 64))
+SKIP_NAMES = {name for name, _ in SKIP_LAYERS}
 # The encoder downsamples 32x; other input sizes are padded up to a multiple.
 SIZE_MULTIPLE = 32
 
@@ -98,7 +100,8 @@ class DenseDepth(nn.Module):
         skips = {}
         for name, layer in self.encoder.named_children():
             x = layer(x)
-            skips[name] = x
+            if name in SKIP_NAMES:
+                skips[name] = x
         # Keras' DenseNet-169, which the paper used, ends with a ReLU after norm5.
         x = self.bottleneck(F.relu(x))
         for (skip_name, _), block in zip(SKIP_LAYERS, self.up_blocks):
@@ -129,8 +132,10 @@ def model_from_checkpoint(checkpoint, source):
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
-        raise UserError(f"checkpoint {source} does not fit a DenseDepth model with decoder width {width} "
-                        f"({str(err).strip().splitlines()[0]})") from err
+        raise UserError(
+            f"checkpoint {source} does not fit a DenseDepth model with decoder width {width} "
+            f"({str(err).strip().splitlines()[0]})"
+        ) from err
     return model
 
 
