@@ -10,6 +10,7 @@ Eigen test zip (`nyu_test.zip`):
 
 The writers here produce exactly these formats; sample_data.py uses them.
 """
+
 import io
 import mmap
 import warnings
@@ -24,8 +25,9 @@ from torch.utils.data import Dataset
 try:  # several times faster than PIL; deprecated in torchvision 0.29 in favour of TorchCodec
     from torchvision.io import ImageReadMode, decode_image
 
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+    )
 except ImportError:  # a torchvision without it: decode with PIL
     decode_image = None
 
@@ -280,7 +282,9 @@ class EigenTestZip:
 
     def _check(self):
         if len(self.rgb_shape) != 4 or self.rgb_shape[3] != 3 or self.rgb_dtype != np.uint8:
-            raise UserError(f"{self.path}: {EIGEN_RGB} is {self.rgb_dtype} {self.rgb_shape}; expected uint8 (N, H, W, 3)")
+            raise UserError(
+                f"{self.path}: {EIGEN_RGB} is {self.rgb_dtype} {self.rgb_shape}; expected uint8 (N, H, W, 3)"
+            )
         if self.depth_shape != self.rgb_shape[:3] or self.depth_dtype.kind != "f":
             raise UserError(
                 f"{self.path}: {EIGEN_DEPTH} is {self.depth_dtype} {self.depth_shape}; "
@@ -289,7 +293,9 @@ class EigenTestZip:
         height, width = self.rgb_shape[1:3]
         top, bottom, left, right = self.crop if len(self.crop) == 4 else (-1, -1, -1, -1)
         if not (0 <= top <= bottom < height and 0 <= left <= right < width):
-            raise UserError(f"{self.path}: {EIGEN_CROP} {list(self.crop)} is not [top, bottom, left, right] inside {height}x{width}")
+            raise UserError(
+                f"{self.path}: {EIGEN_CROP} {list(self.crop)} is not [top, bottom, left, right] inside {height}x{width}"
+            )
 
     def __len__(self):
         return self.rgb_shape[0]
@@ -302,16 +308,23 @@ class EigenTestZip:
         """Yield (rgb (B, H, W, 3) uint8, depth_m (B, H, W) float32) numpy arrays, in order."""
         rgb_bytes = int(np.prod(self.rgb_shape[1:])) * self.rgb_dtype.itemsize
         depth_bytes = int(np.prod(self.depth_shape[1:])) * self.depth_dtype.itemsize
-        with zipfile.ZipFile(self.path) as archive, archive.open(self.rgb_name) as rgb_stream, archive.open(
-            self.depth_name
-        ) as depth_stream:
+        with (
+            zipfile.ZipFile(self.path) as archive,
+            archive.open(self.rgb_name) as rgb_stream,
+            archive.open(self.depth_name) as depth_stream,
+        ):
             _read_npy_header(rgb_stream)
             _read_npy_header(depth_stream)
             for start in range(0, len(self), batch_size):
                 count = min(batch_size, len(self) - start)
                 rgb = np.frombuffer(_read_exactly(rgb_stream, count * rgb_bytes, self.path), dtype=self.rgb_dtype)
-                depth = np.frombuffer(_read_exactly(depth_stream, count * depth_bytes, self.path), dtype=self.depth_dtype)
-                yield rgb.reshape(count, *self.rgb_shape[1:]), depth.reshape(count, *self.depth_shape[1:]).astype(np.float32)
+                depth = np.frombuffer(
+                    _read_exactly(depth_stream, count * depth_bytes, self.path), dtype=self.depth_dtype
+                )
+                yield (
+                    rgb.reshape(count, *self.rgb_shape[1:]),
+                    depth.reshape(count, *self.depth_shape[1:]).astype(np.float32),
+                )
 
 
 def _read_exactly(stream, size, path):

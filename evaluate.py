@@ -11,6 +11,7 @@ image, both converted to metres (clipped to [0.1, 10] m), upsampled to the
 ground truth's size and averaged; the metrics are taken inside the Eigen crop
 over ground-truth pixels that are finite and > 0.
 """
+
 import argparse
 import json
 import math
@@ -34,12 +35,22 @@ def get_args_parser():
     parser.add_argument("--img", help="Image path (if evaluation on a single image)")
     parser.add_argument("--batch_size", type=int, default=4, help="Batch size to process the test data")
     parser.add_argument("--output_dir", default="results", help="Directory to save output depth images")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="per_image",
-                        help="how the printed table averages: per image then over images (default, as the paper's "
-                             "figures), or all pixels pooled (as DenseDepth's code); both are saved in the JSON")
-    parser.add_argument("--no_flip", dest="flip", action="store_false",
-                        help="skip the mirror-image averaging of the protocol (twice as fast, slightly worse)")
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    parser.add_argument(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        default="per_image",
+        help="how the printed table averages: per image then over images (default, as the paper's "
+        "figures), or all pixels pooled (as DenseDepth's code); both are saved in the JSON",
+    )
+    parser.add_argument(
+        "--no_flip",
+        dest="flip",
+        action="store_false",
+        help="skip the mirror-image averaging of the protocol (twice as fast, slightly worse)",
+    )
     return parser
 
 
@@ -75,16 +86,26 @@ def eigen_batches(test_set, batch_size):
 def evaluate_zip(model, input_size, args, device):
     test_set = EigenTestZip(args.data)
     batches = eigen_batches(test_set, args.batch_size)
-    metrics = evaluate_protocol(model, batches, input_size, test_set.crop, device, args.flip,
-                                total=math.ceil(len(test_set) / args.batch_size))
+    metrics = evaluate_protocol(
+        model, batches, input_size, test_set.crop, device, args.flip, total=math.ceil(len(test_set) / args.batch_size)
+    )
     summary = metrics.summary()
-    print(f"{summary['num_images']} images, Eigen crop {list(test_set.crop)}, "
-          f"{'with' if args.flip else 'without'} flip averaging, {args.aggregation.replace('_', '-')} aggregation:")
+    print(
+        f"{summary['num_images']} images, Eigen crop {list(test_set.crop)}, "
+        f"{'with' if args.flip else 'without'} flip averaging, {args.aggregation.replace('_', '-')} aggregation:"
+    )
     print(format_table(summary[args.aggregation]))
     if summary["num_invalid_pixels"]:
-        print(f"{summary['num_invalid_pixels']} ground-truth pixels inside the crop were not finite and > 0 and were left out")
-    report = {"model": str(args.model), "data": str(args.data), "crop": list(test_set.crop), "flip": args.flip,
-              "input_size": list(input_size), **summary}
+        left_out = summary["num_invalid_pixels"]
+        print(f"{left_out} ground-truth pixels inside the crop were not finite and > 0 and were left out")
+    report = {
+        "model": str(args.model),
+        "data": str(args.data),
+        "crop": list(test_set.crop),
+        "flip": args.flip,
+        "input_size": list(input_size),
+        **summary,
+    }
     path = Path(args.output_dir) / "metrics.json"
     with atomic_write(path) as file:
         file.write(json.dumps(report, indent=2).encode())
@@ -124,8 +145,10 @@ def predict_picture(model, input_size, args, device):
     color_path, mm_path = stem.with_name(stem.name + "_depth.png"), stem.with_name(stem.name + "_depth_mm.png")
     save_png(colorize_depth(depth_m), color_path)
     save_png(np.rint(depth_m * 1000).astype(np.uint16), mm_path)
-    print(f"depth {depth_m.min():.2f}..{depth_m.max():.2f} m; wrote {color_path} (plasma colour map, near = dark) "
-          f"and {mm_path} (16-bit PNG, millimetres)")
+    print(
+        f"depth {depth_m.min():.2f}..{depth_m.max():.2f} m; wrote {color_path} (plasma colour map, near = dark) "
+        f"and {mm_path} (16-bit PNG, millimetres)"
+    )
 
 
 def main(args):

@@ -5,6 +5,7 @@ Follows the original Keras/TensorFlow definitions: gradients as in
 and SSIM as in `tf.image.ssim` (11x11 Gaussian window, sigma 1.5, 'valid'
 filtering, mean over the image, then (1 - SSIM) / 2 clipped to [0, 1] per image).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -13,6 +13,7 @@ Two aggregations are kept side by side:
              (DenseDepth's released evaluation code).
 They differ only for rms and rms_log.
 """
+
 import math
 
 import torch

@@ -8,6 +8,7 @@ pictures in the Eigen test-zip format); data.py describes both formats. Each
 room is seen from several camera positions, like NYU's scenes; test rooms are
 never training rooms. The output is the same for the same arguments.
 """
+
 import argparse
 import math
 import multiprocessing
@@ -132,10 +133,19 @@ def main(args):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     train_zip, test_zip = write_sample_data(
-        args.out, args.train_images, args.test_images, args.width, args.height, args.views_per_scene, args.seed, args.workers
+        args.out,
+        args.train_images,
+        args.test_images,
+        args.width,
+        args.height,
+        args.views_per_scene,
+        args.seed,
+        args.workers,
     )
-    print(f"wrote {train_zip} ({args.train_images} training + {args.test_images} test pairs), {test_zip} "
-          f"and {Path(args.out) / 'example.png'}")
+    print(
+        f"wrote {train_zip} ({args.train_images} training + {args.test_images} test pairs), {test_zip} "
+        f"and {Path(args.out) / 'example.png'}"
+    )
 
 
 if __name__ == "__main__":

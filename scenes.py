@@ -10,6 +10,7 @@ learns depth from: perspective, texture gradients, occlusion, shading and
 cast shadows. Everything is drawn from a seeded numpy Generator, so the same
 arguments give the same pictures.
 """
+
 import itertools
 import math
 
@@ -27,7 +28,9 @@ def hash01(*coords, seed=0):
     """Deterministic pseudo-random values in [0, 1) for integer lattice coordinates."""
     h = np.full(np.shape(coords[0]), (seed * 0x9E3779B1) & 0xFFFFFFFF, dtype=np.uint32)
     for index, c in enumerate(coords):
-        h ^= np.asarray(c).astype(np.int64).astype(np.uint32) * np.uint32((0x85EBCA6B + 0x632BE5AB * index) & 0xFFFFFFFF)
+        h ^= np.asarray(c).astype(np.int64).astype(np.uint32) * np.uint32(
+            (0x85EBCA6B + 0x632BE5AB * index) & 0xFFFFFFFF
+        )
         h ^= h >> np.uint32(13)
         h *= np.uint32(0xC2B2AE35)
         h ^= h >> np.uint32(16)
@@ -127,15 +130,38 @@ class Material:
 
 
 PALETTE = np.array(
-    [[0.55, 0.1, 0.1], [0.1, 0.25, 0.5], [0.15, 0.4, 0.2], [0.75, 0.6, 0.2], [0.85, 0.85, 0.8],
-     [0.2, 0.2, 0.22], [0.5, 0.3, 0.55], [0.8, 0.4, 0.15], [0.3, 0.55, 0.6]],
+    [
+        [0.55, 0.1, 0.1],
+        [0.1, 0.25, 0.5],
+        [0.15, 0.4, 0.2],
+        [0.75, 0.6, 0.2],
+        [0.85, 0.85, 0.8],
+        [0.2, 0.2, 0.22],
+        [0.5, 0.3, 0.55],
+        [0.8, 0.4, 0.15],
+        [0.3, 0.55, 0.6],
+    ],
     dtype=np.float32,
 )
 WOOD_COLORS = [(0.55, 0.36, 0.2), (0.7, 0.52, 0.32), (0.38, 0.23, 0.13), (0.8, 0.66, 0.46), (0.28, 0.18, 0.12)]
-WALL_COLORS = [(0.85, 0.83, 0.78), (0.78, 0.8, 0.82), (0.8, 0.72, 0.6), (0.65, 0.72, 0.66), (0.88, 0.86, 0.84),
-               (0.7, 0.62, 0.68), (0.62, 0.7, 0.78)]
-FABRIC_COLORS = [(0.35, 0.38, 0.5), (0.6, 0.3, 0.25), (0.5, 0.5, 0.48), (0.25, 0.35, 0.3), (0.75, 0.7, 0.6),
-                 (0.2, 0.2, 0.25), (0.55, 0.45, 0.6)]
+WALL_COLORS = [
+    (0.85, 0.83, 0.78),
+    (0.78, 0.8, 0.82),
+    (0.8, 0.72, 0.6),
+    (0.65, 0.72, 0.66),
+    (0.88, 0.86, 0.84),
+    (0.7, 0.62, 0.68),
+    (0.62, 0.7, 0.78),
+]
+FABRIC_COLORS = [
+    (0.35, 0.38, 0.5),
+    (0.6, 0.3, 0.25),
+    (0.5, 0.5, 0.48),
+    (0.25, 0.35, 0.3),
+    (0.75, 0.7, 0.6),
+    (0.2, 0.2, 0.25),
+    (0.55, 0.45, 0.6),
+]
 
 
 def pick(rng, choices):
@@ -317,8 +343,10 @@ class Room:
         is_wall = plane % 3 != 1
         albedo[is_wall & (height < 0.09)] = self.baseboard_color
         for deco in self.decorations:
-            inside = (plane == deco["plane"]) & (np.abs(along - deco["s"]) < deco["w"] / 2) & (
-                np.abs(height - deco["y"]) < deco["h"] / 2
+            inside = (
+                (plane == deco["plane"])
+                & (np.abs(along - deco["s"]) < deco["w"] / 2)
+                & (np.abs(height - deco["y"]) < deco["h"] / 2)
             )
             if not inside.any():
                 continue
@@ -388,8 +416,18 @@ def make_decorations(rng, size):
                 paint, frame, frame_color = door_panel(rng, w, h), 0.05, np.full(3, 0.85)
             if w + 0.2 < wall_length and y + h / 2 < size[1] - 0.1:
                 s = rng.uniform(w / 2 + 0.1, wall_length - w / 2 - 0.1)
-                decorations.append(dict(plane=plane, s=s, w=w, y=y, h=h, paint=paint, frame=frame,
-                                        frame_color=np.asarray(frame_color, dtype=np.float32)))
+                decorations.append(
+                    dict(
+                        plane=plane,
+                        s=s,
+                        w=w,
+                        y=y,
+                        h=h,
+                        paint=paint,
+                        frame=frame,
+                        frame_color=np.asarray(frame_color, dtype=np.float32),
+                    )
+                )
     return decorations
 
 
@@ -419,8 +457,12 @@ class Layout:
                     continue
                 along = rng.uniform(width / 2 + 0.05, along_length - width / 2 - 0.05)
                 offset = depth / 2 + 0.02
-                x, z = {0: (along, offset), 1: (offset, along), 2: (along, self.depth - offset),
-                        3: (self.width - offset, along)}[wall]
+                x, z = {
+                    0: (along, offset),
+                    1: (offset, along),
+                    2: (along, self.depth - offset),
+                    3: (self.width - offset, along),
+                }[wall]
             else:
                 yaw = rng.uniform(0, 2 * math.pi)
                 x, z = rng.uniform(0.3, self.width - 0.3), rng.uniform(0.3, self.depth - 0.3)
@@ -470,7 +512,9 @@ def small_item(rng, spot, top, width, depth):
         r = rng.uniform(0.06, 0.14)
         return Sphere((x + offset[0], top + r, z + offset[2]), r, Material("paint", pick(rng, PALETTE), rng))
     item_spot = (x + offset[0], z + offset[2], yaw + rng.uniform(-0.5, 0.5))
-    return box_part(item_spot, (0, 0, 0), rng.uniform(0.1, 0.3, 3), Material("cardboard", (0.6, 0.45, 0.3), rng), y0=top)
+    return box_part(
+        item_spot, (0, 0, 0), rng.uniform(0.1, 0.3, 3), Material("cardboard", (0.6, 0.45, 0.3), rng), y0=top
+    )
 
 
 def add_cabinet(layout, rng, height=None):
@@ -494,8 +538,16 @@ def add_bookshelf(layout, rng):
 
 
 def legs(spot, width, depth, height, thickness, material):
-    return [box_part(spot, (sx * (width / 2 - thickness), 0, sz * (depth / 2 - thickness)),
-                     (thickness, height, thickness), material) for sx in (-1, 1) for sz in (-1, 1)]
+    return [
+        box_part(
+            spot,
+            (sx * (width / 2 - thickness), 0, sz * (depth / 2 - thickness)),
+            (thickness, height, thickness),
+            material,
+        )
+        for sx in (-1, 1)
+        for sz in (-1, 1)
+    ]
 
 
 def add_table(layout, rng, against_wall=False):
@@ -526,11 +578,15 @@ def add_bed(layout, rng):
     spot = layout.place(w, d, against_wall=True)
     if spot:
         h = rng.uniform(0.45, 0.6)
-        layout.add_piece([
-            box_part(spot, (0, 0, 0.03), (w, h, d - 0.06), fabric(rng)),
-            box_part(spot, (0, 0, -d / 2 + 0.03), (w + 0.04, rng.uniform(0.9, 1.2), 0.06), wood(rng)),
-            box_part(spot, (0, 0, -d / 2 + 0.3), (w * 0.8, 0.12, 0.35), Material("fabric", (0.9, 0.9, 0.88), rng), y0=h),
-        ])
+        layout.add_piece(
+            [
+                box_part(spot, (0, 0, 0.03), (w, h, d - 0.06), fabric(rng)),
+                box_part(spot, (0, 0, -d / 2 + 0.03), (w + 0.04, rng.uniform(0.9, 1.2), 0.06), wood(rng)),
+                box_part(
+                    spot, (0, 0, -d / 2 + 0.3), (w * 0.8, 0.12, 0.35), Material("fabric", (0.9, 0.9, 0.88), rng), y0=h
+                ),
+            ]
+        )
 
 
 def add_sofa(layout, rng):
@@ -538,9 +594,13 @@ def add_sofa(layout, rng):
     spot = layout.place(w, d, against_wall=rng.random() < 0.7)
     if spot:
         material, seat = fabric(rng), rng.uniform(0.4, 0.45)
-        parts = [box_part(spot, (0, 0, 0.1), (w - 0.3, seat, d - 0.2), material),
-                 box_part(spot, (0, 0, -d / 2 + 0.1), (w, rng.uniform(0.75, 0.9), 0.2), material)]
-        parts += [box_part(spot, (side * (w / 2 - 0.075), 0, 0.1), (0.15, seat + 0.18, d - 0.2), material) for side in (-1, 1)]
+        parts = [
+            box_part(spot, (0, 0, 0.1), (w - 0.3, seat, d - 0.2), material),
+            box_part(spot, (0, 0, -d / 2 + 0.1), (w, rng.uniform(0.75, 0.9), 0.2), material),
+        ]
+        parts += [
+            box_part(spot, (side * (w / 2 - 0.075), 0, 0.1), (0.15, seat + 0.18, d - 0.2), material) for side in (-1, 1)
+        ]
         layout.add_piece(parts)
 
 
@@ -551,8 +611,13 @@ def add_lamp(layout, rng):
         metal = Material("metal", (0.3, 0.3, 0.32), rng)
         shade = Material("fabric", jitter(rng, (0.9, 0.85, 0.7)), rng)
         height = rng.uniform(1.3, 1.7)
-        layout.add_piece([Cylinder(x, z, 0.0, 0.03, 0.16, metal), Cylinder(x, z, 0.0, height, 0.015, metal),
-                          Cylinder(x, z, height - 0.05, height + 0.22, rng.uniform(0.15, 0.22), shade)])
+        layout.add_piece(
+            [
+                Cylinder(x, z, 0.0, 0.03, 0.16, metal),
+                Cylinder(x, z, 0.0, height, 0.015, metal),
+                Cylinder(x, z, height - 0.05, height + 0.22, rng.uniform(0.15, 0.22), shade),
+            ]
+        )
 
 
 def add_plant(layout, rng):
@@ -562,8 +627,12 @@ def add_plant(layout, rng):
         x, z, _ = spot
         pot_height, leaves = rng.uniform(0.25, 0.5), rng.uniform(0.25, 0.4)
         pot = Material("paint", jitter(rng, pick(rng, PALETTE)), rng)
-        layout.add_piece([Cylinder(x, z, 0.0, pot_height, r, pot),
-                          Sphere((x, pot_height + leaves * 0.8, z), leaves, Material("leaves", (0.2, 0.45, 0.15), rng))])
+        layout.add_piece(
+            [
+                Cylinder(x, z, 0.0, pot_height, r, pot),
+                Sphere((x, pot_height + leaves * 0.8, z), leaves, Material("leaves", (0.2, 0.45, 0.15), rng)),
+            ]
+        )
 
 
 def add_boxes(layout, rng):
@@ -574,7 +643,9 @@ def add_boxes(layout, rng):
         for _ in range(int(rng.integers(1, 4))):
             size = (s * rng.uniform(0.7, 1.0), rng.uniform(0.2, 0.45), s * rng.uniform(0.7, 1.0))
             turned = (spot[0], spot[1], spot[2] + rng.uniform(-0.3, 0.3))
-            parts.append(box_part(turned, (0, 0, 0), size, Material("cardboard", jitter(rng, (0.6, 0.45, 0.3)), rng), y0=y))
+            parts.append(
+                box_part(turned, (0, 0, 0), size, Material("cardboard", jitter(rng, (0.6, 0.45, 0.3)), rng), y0=y)
+            )
             y += size[1]
         layout.add_piece(parts)
 
@@ -596,10 +667,23 @@ def add_desk(layout, rng):
 
 # Furniture per room type: (adder, fewest, most).
 ROOM_TYPES = {
-    "bedroom": [(add_bed, 1, 1), (add_cabinet, 1, 2), (add_lamp, 0, 1), (add_chair, 0, 1), (add_plant, 0, 1),
-                (add_boxes, 0, 1)],
-    "living_room": [(add_sofa, 1, 2), (add_table, 1, 1), (add_bookshelf, 0, 2), (add_lamp, 0, 1), (add_plant, 0, 2),
-                    (add_chair, 0, 2), (add_ball, 0, 1)],
+    "bedroom": [
+        (add_bed, 1, 1),
+        (add_cabinet, 1, 2),
+        (add_lamp, 0, 1),
+        (add_chair, 0, 1),
+        (add_plant, 0, 1),
+        (add_boxes, 0, 1),
+    ],
+    "living_room": [
+        (add_sofa, 1, 2),
+        (add_table, 1, 1),
+        (add_bookshelf, 0, 2),
+        (add_lamp, 0, 1),
+        (add_plant, 0, 2),
+        (add_chair, 0, 2),
+        (add_ball, 0, 1),
+    ],
     "office": [(add_table, 1, 3), (add_chair, 1, 3), (add_bookshelf, 0, 2), (add_cabinet, 0, 2), (add_boxes, 0, 2)],
     "dining_room": [(add_table, 1, 1), (add_chair, 2, 6), (add_cabinet, 0, 2), (add_plant, 0, 1), (add_lamp, 0, 1)],
     "kitchen": [(add_kitchen_counter, 2, 5), (add_table, 0, 1), (add_chair, 0, 2), (add_boxes, 0, 1)],
@@ -633,8 +717,10 @@ class Scene:
         width, height, depth = size
         main = (rng.uniform(0.3, 0.7) * width, height - 0.05, rng.uniform(0.3, 0.7) * depth)
         fill = (rng.uniform(0.1, 0.9) * width, height - 0.05, rng.uniform(0.1, 0.9) * depth)
-        self.lights = [(np.array(main, dtype=np.float32), height**2),
-                       (np.array(fill, dtype=np.float32), rng.uniform(0.2, 0.5) * height**2)]
+        self.lights = [
+            (np.array(main, dtype=np.float32), height**2),
+            (np.array(fill, dtype=np.float32), rng.uniform(0.2, 0.5) * height**2),
+        ]
         self.ambient = rng.uniform(0.15, 0.3)
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by the scripts: user-facing errors, device choice, seeding, checkpoints, logging."""
+
 import contextlib
 import os
 import random

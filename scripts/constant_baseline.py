@@ -5,6 +5,7 @@
 Scores it on an Eigen test zip with the same crop and metrics as evaluate.py.
 A model that has learnt anything must beat it clearly; the quick start prints both.
 """
+
 import argparse
 import json
 import sys
@@ -46,7 +47,8 @@ def main(args):
         gt_m = crop(torch.from_numpy(depth_m), test_set.crop)
         metrics.update(torch.full_like(gt_m, constant_m), gt_m)
     summary = metrics.summary()
-    print(f"constant depth {constant_m:.3f} m (the training set's mean) on {summary['num_images']} test images, per image:")
+    images = summary["num_images"]
+    print(f"constant depth {constant_m:.3f} m (the training set's mean) on {images} test images, per image:")
     print(format_table(summary["per_image"]))
     if args.output_dir:
         with atomic_write(Path(args.output_dir) / "baseline_metrics.json") as file:

@@ -1,4 +1,5 @@
 """train.py and evaluate.py through their command lines, on tiny generated zips."""
+
 import json
 import subprocess
 import sys
@@ -12,19 +13,34 @@ from conftest import ROOT
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
 
 
-TRAIN_FLAGS = ["--batch_size", 4, "--input_size", 64, 64, "--decoder_width", 0.0625, "--no_pretrained",
-               "--workers", 0, "--log_interval", 1]
+TRAIN_FLAGS = [
+    "--batch_size",
+    4,
+    "--input_size",
+    64,
+    64,
+    "--decoder_width",
+    0.0625,
+    "--no_pretrained",
+    "--workers",
+    0,
+    "--log_interval",
+    1,
+]
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_zips, tmp_path_factory):
     """One epoch of training on the tiny zip: (checkpoint dir, completed process)."""
     checkpoint_dir = tmp_path_factory.mktemp("checkpoints")
-    result = run("train.py", "--data_dir", tiny_zips[0], "--checkpoint_dir", checkpoint_dir, "--epochs", 1, *TRAIN_FLAGS)
+    result = run(
+        "train.py", "--data_dir", tiny_zips[0], "--checkpoint_dir", checkpoint_dir, "--epochs", 1, *TRAIN_FLAGS
+    )
     assert result.returncode == 0, result.stderr
     return checkpoint_dir, result
 
@@ -42,8 +58,18 @@ def test_train_writes_last_and_best_checkpoints(trained):
 
 def test_train_resumes_where_it_stopped(trained, tiny_zips, tmp_path):
     checkpoint_dir, _ = trained
-    result = run("train.py", "--data_dir", tiny_zips[0], "--checkpoint_dir", tmp_path, "--epochs", 2,
-                 "--checkpoint", checkpoint_dir / "last.pth", *TRAIN_FLAGS)
+    result = run(
+        "train.py",
+        "--data_dir",
+        tiny_zips[0],
+        "--checkpoint_dir",
+        tmp_path,
+        "--epochs",
+        2,
+        "--checkpoint",
+        checkpoint_dir / "last.pth",
+        *TRAIN_FLAGS,
+    )
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout and "after epoch 1" in result.stdout
     assert "epoch 1 step" not in result.stdout and "epoch 2 step 2/2" in result.stdout
@@ -55,8 +81,17 @@ def test_train_resumes_where_it_stopped(trained, tiny_zips, tmp_path):
 
 def test_evaluate_on_the_eigen_zip(trained, tiny_zips, tmp_path):
     checkpoint_dir, _ = trained
-    result = run("evaluate.py", "--model", checkpoint_dir / "best.pth", "--data", tiny_zips[1],
-                 "--batch_size", 3, "--output_dir", tmp_path)
+    result = run(
+        "evaluate.py",
+        "--model",
+        checkpoint_dir / "best.pth",
+        "--data",
+        tiny_zips[1],
+        "--batch_size",
+        3,
+        "--output_dir",
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "delta1" in result.stdout and "per-image aggregation" in result.stdout
     report = json.loads((tmp_path / "metrics.json").read_text())
@@ -71,7 +106,9 @@ def test_predict_a_picture_at_its_own_size(trained, tmp_path):
     checkpoint_dir, _ = trained
     picture = tmp_path / "photo.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(picture)
-    result = run("evaluate.py", "--model", checkpoint_dir / "best.pth", "--img", picture, "--output_dir", tmp_path / "out")
+    result = run(
+        "evaluate.py", "--model", checkpoint_dir / "best.pth", "--img", picture, "--output_dir", tmp_path / "out"
+    )
     assert result.returncode == 0, result.stderr
     color = Image.open(tmp_path / "out" / "photo_depth.png")
     depth_mm = Image.open(tmp_path / "out" / "photo_depth_mm.png")
@@ -81,12 +118,23 @@ def test_predict_a_picture_at_its_own_size(trained, tmp_path):
     assert 100 <= values.min() and values.max() <= 10000  # millimetres, within [0.1, 10] m
 
 
-@pytest.mark.parametrize("script, args, needle", [
-    ("evaluate.py", ["--model", "missing.pth", "--data", "a.zip", "--img", "b.png"], "exactly one of --data"),
-    ("evaluate.py", ["--model", "missing.pth", "--img", "b.png"], "missing.pth does not exist"),
-    ("train.py", ["--data_dir", "nowhere.zip", "--batch_size", 2, "--checkpoint_dir", "x", "--epochs", 1], "nowhere.zip does not exist"),
-    ("train.py", ["--data_dir", "nowhere.zip", "--batch_size", 0, "--checkpoint_dir", "x", "--epochs", 1], "--batch_size must be"),
-])
+@pytest.mark.parametrize(
+    "script, args, needle",
+    [
+        ("evaluate.py", ["--model", "missing.pth", "--data", "a.zip", "--img", "b.png"], "exactly one of --data"),
+        ("evaluate.py", ["--model", "missing.pth", "--img", "b.png"], "missing.pth does not exist"),
+        (
+            "train.py",
+            ["--data_dir", "nowhere.zip", "--batch_size", 2, "--checkpoint_dir", "x", "--epochs", 1],
+            "nowhere.zip does not exist",
+        ),
+        (
+            "train.py",
+            ["--data_dir", "nowhere.zip", "--batch_size", 0, "--checkpoint_dir", "x", "--epochs", 1],
+            "--batch_size must be",
+        ),
+    ],
+)
 def test_bad_input_gets_one_line_and_no_trace(script, args, needle):
     result = run(script, *args)
     assert result.returncode == 2
@@ -95,7 +143,9 @@ def test_bad_input_gets_one_line_and_no_trace(script, args, needle):
 
 
 def test_constant_baseline_script(tiny_zips, tmp_path):
-    result = run("scripts/constant_baseline.py", "--train_data", tiny_zips[0], "--data", tiny_zips[1], "--output_dir", tmp_path)
+    result = run(
+        "scripts/constant_baseline.py", "--train_data", tiny_zips[0], "--data", tiny_zips[1], "--output_dir", tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "constant depth" in result.stdout and "delta1" in result.stdout
     report = json.loads((tmp_path / "baseline_metrics.json").read_text())

@@ -1,6 +1,5 @@
 import hashlib
 import io
-import math
 import zipfile
 
 import numpy as np
@@ -161,7 +160,10 @@ def test_pil_fallback_decodes_the_same(monkeypatch, tiny_zips):
 def test_csv_with_crlf_and_blank_lines(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / TRAIN_CSV).write_bytes(b"data/a.jpg,data/a.png\r\ndata/b.jpg,data/b.png\r\n\r\n")
-    assert read_pairs(DirectoryArchive(tmp_path), TRAIN_CSV) == [("data/a.jpg", "data/a.png"), ("data/b.jpg", "data/b.png")]
+    assert read_pairs(DirectoryArchive(tmp_path), TRAIN_CSV) == [
+        ("data/a.jpg", "data/a.png"),
+        ("data/b.jpg", "data/b.png"),
+    ]
     (tmp_path / TRAIN_CSV).write_text("data/a.jpg;data/a.png\n")
     with pytest.raises(UserError, match="line 1"):
         read_pairs(DirectoryArchive(tmp_path), TRAIN_CSV)
@@ -173,7 +175,11 @@ def test_training_data_from_zip_extracted_folder_or_folder_with_the_zip(tiny_zip
         archive.extractall(tmp_path / "extracted")
     (tmp_path / "holder").mkdir()
     (tmp_path / "holder" / "nyu_data.zip").write_bytes(train_zip.read_bytes())
-    sources = [open_training_data(train_zip), open_training_data(tmp_path / "extracted"), open_training_data(tmp_path / "holder")]
+    sources = [
+        open_training_data(train_zip),
+        open_training_data(tmp_path / "extracted"),
+        open_training_data(tmp_path / "holder"),
+    ]
     assert [type(s) for s in sources] == [ZipArchive, DirectoryArchive, ZipArchive]
     first = [s.read(read_pairs(s, TRAIN_CSV)[0][0]) for s in sources]
     assert first[0] == first[1] == first[2]

@@ -33,7 +33,11 @@ def test_checkpoints_round_trip_and_foreign_files_are_refused(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "ok.pth")["model"]["w"], torch.ones(2))
     (tmp_path / "text.pth").write_text("not a checkpoint")
     torch.save({"something": 1}, tmp_path / "other.pth")
-    for name, needle in (("text.pth", "could not be read"), ("other.pth", "not a checkpoint"), ("none.pth", "does not exist")):
+    for name, needle in (
+        ("text.pth", "could not be read"),
+        ("other.pth", "not a checkpoint"),
+        ("none.pth", "does not exist"),
+    ):
         with pytest.raises(UserError, match=needle):
             load_checkpoint(tmp_path / name)
 
