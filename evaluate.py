@@ -1,9 +1,9 @@
 """Evaluate a trained DenseDepth model on the Eigen test split, or predict the depth of a picture.
 
 Evaluation on the Eigen test zip (nyu_test.zip) by the DenseDepth protocol:
-    python evaluate.py --model checkpoints/best.pth --data nyu_test.zip
+    python evaluate.py --model checkpoints/last.pth --data nyu_test.zip
 Depth of a picture, as a colour map and as a 16-bit PNG in millimetres:
-    python evaluate.py --model checkpoints/best.pth --img photo.jpg --output_dir results
+    python evaluate.py --model checkpoints/last.pth --img photo.jpg --output_dir results
 
 The protocol: each picture is resized to the network's input size (the one it
 was trained at, stored in the checkpoint), predicted together with its mirror

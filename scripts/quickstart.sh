@@ -17,14 +17,14 @@ echo "== training on the CPU: 96x128 input, half-width decoder, encoder from scr
 $PY train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir $RUN/checkpoints --epochs 6 \
     --input_size 96 128 --decoder_width 0.5 --no_pretrained --log_interval 25
 
-echo "== evaluating on the Eigen-format test zip"
-$PY evaluate.py --model $RUN/checkpoints/best.pth --data data/sample/nyu_test.zip --output_dir $RUN
+echo "== evaluating the last epoch on the Eigen-format test zip"
+$PY evaluate.py --model $RUN/checkpoints/last.pth --data data/sample/nyu_test.zip --output_dir $RUN
 
 echo "== for comparison: predicting the training set's mean depth everywhere"
 $PY scripts/constant_baseline.py --train_data data/sample/nyu_data.zip --data data/sample/nyu_test.zip --output_dir $RUN
 
 echo "== predicting the depth of a picture"
-$PY evaluate.py --model $RUN/checkpoints/best.pth --img data/sample/example.png --output_dir $RUN
+$PY evaluate.py --model $RUN/checkpoints/last.pth --img data/sample/example.png --output_dir $RUN
 
 echo "== done. Outputs:"
 echo "   checkpoints      $RUN/checkpoints/best.pth, last.pth"
