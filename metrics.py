@@ -82,7 +82,8 @@ class DepthMetrics:
         pixels_per_image = valid.sum(dim=1)
         has_pixels = pixels_per_image > 0
         means = sums_per_image / pixels_per_image.clamp(min=1).unsqueeze(-1)
-        per_image = torch.stack([_finish(means)[name] for name in METRIC_NAMES], dim=-1)
+        per_image_values = _finish(means)
+        per_image = torch.stack([per_image_values[name] for name in METRIC_NAMES], dim=-1)
         self.term_sums += sums_per_image.sum(dim=0)
         self.image_metric_sums += (per_image * has_pixels.unsqueeze(-1)).sum(dim=0)
         self.counts += torch.stack([pixels_per_image.sum(), (~valid).sum(), has_pixels.sum()])
