@@ -151,28 +151,24 @@ def decode_depth_png(data):
     return depth.to(torch.int32).float() / 1000
 
 
-def encode_picture(rgb, format):
-    """(H, W, 3) uint8 array -> JPEG ('JPEG', quality 95) or PNG bytes."""
+def encode_picture(array, format):
+    """An (H, W, 3) uint8, (H, W) uint8 or (H, W) uint16 array -> JPEG ('JPEG', quality 95) or PNG bytes."""
     buffer = io.BytesIO()
     options = {"quality": 95} if format == "JPEG" else {}
-    Image.fromarray(rgb).save(buffer, format=format, **options)
+    Image.fromarray(array).save(buffer, format=format, **options)
     return buffer.getvalue()
 
 
 def encode_train_depth_png(depth_m):
     """(H, W) metres -> 8-bit PNG bytes, value = depth / 10 m * 255 (saturating at 10 m)."""
     value = np.clip(np.rint(depth_m / TRAIN_DEPTH_MAX_M * 255), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(value).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_picture(value, "PNG")
 
 
 def encode_test_depth_png(depth_m):
     """(H, W) metres -> 16-bit PNG bytes in millimetres."""
     value = np.clip(np.rint(depth_m * 1000), 0, 65535).astype(np.uint16)
-    buffer = io.BytesIO()
-    Image.fromarray(value).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_picture(value, "PNG")
 
 
 def scaled_eigen_crop(height, width):

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from data import EigenTestZip, scaled_eigen_crop
+from data import EigenTestZip, encode_picture, scaled_eigen_crop
 from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
 from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
 from utils import UserError, atomic_write, choose_device, colorize_depth, load_checkpoint, run_main
@@ -132,7 +132,7 @@ def network_size(picture_size, trained_size):
 
 def save_png(array, path):
     with atomic_write(path) as file:
-        Image.fromarray(array).save(file, format="PNG")
+        file.write(encode_picture(array, "PNG"))
 
 
 def predict_picture(model, input_size, args, device):
