@@ -31,7 +31,7 @@ try:  # several times faster than PIL; deprecated in torchvision 0.29 in favour 
 except ImportError:  # a torchvision without it: decode with PIL
     decode_image = None
 
-from model import depth_m_to_target, output_size, resize, target_to_depth_m
+from model import depth_m_to_target, resize, target_to_depth_m
 from utils import UserError
 
 TRAIN_CSV = "data/nyu2_train.csv"
@@ -187,37 +187,34 @@ def scaled_eigen_crop(height, width):
 
 
 def downsample_depth_m(depth_m, size):
-    """Resize (1, H, W) depth to `size` the way DenseDepth does: in the target space y = 1000 / depth_cm."""
-    return target_to_depth_m(resize(depth_m_to_target(depth_m)[None], size)[0])
+    """Resize (N, 1, H, W) depth to `size` the way DenseDepth does: in the target space y = 1000 / depth_cm."""
+    return target_to_depth_m(resize(depth_m_to_target(depth_m), size))
 
 
 class NYUDepthDataset(Dataset):
-    """RGB/depth pairs from the training archive.
+    """RGB/depth pairs from the training archive, at their stored resolution.
 
-    Returns (image (3, h, w) float in [0, 1], depth_m (1, h, w) float metres).
-    With train=True (augmented, for training) the image is at `input_size` and
-    the depth at the network's output size (half of it). With train=False both
-    stay at their own resolution, for evaluation by the full protocol, which
-    resizes the image itself.
+    Returns (image (3, H, W) uint8, depth_m (1, H, W) float metres), with
+    DenseDepth's augmentation if `augment`. Workers only decode and augment:
+    resizing to the network's sizes happens batched on the device
+    (train.training_batch), so each worker feeds about twice as many pictures a
+    second, and uint8 images are a quarter of the bytes to hand over and copy.
     """
 
-    def __init__(self, archive, pairs, input_size, train):
+    def __init__(self, archive, pairs, augment):
         self.archive = archive
         self.pairs = pairs
-        self.input_size = tuple(input_size)
-        self.train = train
+        self.augment = augment
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, index):
         rgb_name, depth_name = self.pairs[index]
-        image = decode_rgb(self.archive.read(rgb_name)).float() / 255
+        image = decode_rgb(self.archive.read(rgb_name))
         depth_m = decode_depth_png(self.archive.read(depth_name))
-        if self.train:
+        if self.augment:
             image, depth_m = augment(image, depth_m)
-            image = resize(image[None], self.input_size)[0]
-            depth_m = downsample_depth_m(depth_m, output_size(self.input_size))
         return image, depth_m
 
 
@@ -226,7 +223,7 @@ def augment(image, depth_m):
     if torch.rand(()) < 0.5:
         image, depth_m = image.flip(-1), depth_m.flip(-1)
     if torch.rand(()) < 0.5:
-        image = image[torch.randperm(3)]
+        image = image.index_select(0, torch.randperm(3))  # 20x faster than image[permutation]
     return image, depth_m
 
 

@@ -166,17 +166,25 @@ def resize(images, size):
     return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def predict_depth_m(model, images, input_size, out_size, flip=True):
-    """Metric depth (N, 1, *out_size) for images (N, 3, H, W) in [0, 1]: the DenseDepth protocol.
+def to_unit_range(images):
+    """uint8 pictures -> float in [0, 1]; float ones are taken to be in [0, 1] already."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
+def predict_depth_m(model, images, input_size, out_size, flip=True, channels_last=True):
+    """Metric depth (N, 1, *out_size) for images (N, 3, H, W), uint8 or in [0, 1]: the DenseDepth protocol.
 
     The images are resized to the network's input size; with flip=True the
     mirrored copies go through the network in the same batch and their
     predictions, mirrored back, are averaged with the originals. Each
     prediction is converted to metres (clipped to [0.1, 10] m) and upsampled
     bilinearly to out_size before averaging, as in DenseDepth's evaluation.
+    Run it inside the caller's autocast context; the depth comes out in float32.
     """
-    images = resize(images, input_size)
+    images = resize(to_unit_range(images), input_size)
     batch = torch.cat([images, images.flip(-1)]) if flip else images
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
     depth_m = resize(target_to_depth_m(model(batch).float()), out_size)
     if flip:
         depth_m, mirrored = depth_m.chunk(2)

@@ -40,6 +40,54 @@ def choose_device(name="auto"):
     return device
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16():
+    """Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX on x86, the BF16 extension on Arm).
+
+    Read from /proc/cpuinfo; where there is none (macOS, Windows) the answer is no, and
+    --precision bf16 still asks for it explicitly.
+    """
+    try:
+        with open("/proc/cpuinfo") as file:
+            flags = set(file.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def choose_precision(name, device):
+    """The autocast dtype for --precision `name` on `device`; torch.float32 means autocast off.
+
+    'auto': bf16 on a GPU that has it, else fp16 (with gradient scaling in training);
+    bf16 on a CPU with native bf16, else fp32.
+    """
+    if name not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        if name == "auto":
+            return torch.bfloat16 if bf16_ok else torch.float16
+        if name == "bf16" and not bf16_ok:
+            raise UserError(f"--precision bf16 asked for, but {torch.cuda.get_device_name(device)} has no bf16")
+    elif name == "auto":
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    return _DTYPES[name]
+
+
+def autocast(device, dtype):
+    """The one mixed-precision context: autocast to `dtype` on `device`, or nothing for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def precision_name(dtype):
+    return {value: key for key, value in _DTYPES.items()}[dtype]
+
+
 def default_workers(device):
     """DataLoader workers: a few per GPU; on the CPU leave the cores to the model."""
     cpus = os.cpu_count() or 1

@@ -7,9 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 
 def run(script, *args):
@@ -100,6 +99,27 @@ def test_evaluate_on_the_eigen_zip(trained, tiny_zips, tmp_path):
     assert report["num_valid_pixels"] == 4 * 44 * 60
     for aggregation in ("per_image", "pooled"):
         assert 0 <= report[aggregation]["delta1"] <= 1 and report[aggregation]["abs_rel"] > 0
+
+
+def test_fp16_training_scales_gradients_and_evaluation_takes_a_precision(tiny_zips, tmp_path):
+    # fp16 with a GradScaler is the path of GPUs without bf16; the CPU runs the same code.
+    result = run(
+        "train.py", "--data_dir", tiny_zips[0], "--checkpoint_dir", tmp_path, "--epochs", 1,
+        "--precision", "fp16", *TRAIN_FLAGS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "on cpu in fp16" in result.stdout
+    checkpoint = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["scaler"]["scale"] > 0 and checkpoint["args"]["precision"] == "fp16"
+    assert np.isfinite(checkpoint["val_metrics"]["abs_rel"])
+    for precision in ("fp32", "bf16"):
+        result = run(
+            "evaluate.py", "--model", tmp_path / "last.pth", "--data", tiny_zips[1], "--output_dir", tmp_path,
+            "--precision", precision,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert f"{precision} on cpu" in result.stdout
+        assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == precision
 
 
 def test_predict_a_picture_at_its_own_size(trained, tmp_path):

@@ -189,14 +189,17 @@ def test_training_data_from_zip_extracted_folder_or_folder_with_the_zip(tiny_zip
 
 def test_training_samples_shapes_units_and_augmentation(tiny_zips):
     archive = open_training_data(tiny_zips[0])
-    dataset = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), (32, 64), train=True)
+    dataset = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
     image, depth_m = dataset[0]
-    assert image.shape == (3, 32, 64) and depth_m.shape == (1, 16, 32)
-    assert 0 <= image.min() and image.max() <= 1
-    assert 0.1 <= depth_m.min() and depth_m.max() <= 10
-    val = NYUDepthDataset(archive, read_pairs(archive, TEST_CSV), (32, 64), train=False)
-    image, depth_m = val[0]
-    assert image.shape == (3, 48, 64) and depth_m.shape == (1, 48, 64)
+    assert image.shape == (3, 48, 64) and depth_m.shape == (1, 48, 64)  # as stored; resized on the device
+    assert image.dtype == torch.uint8 and image.max() > 0
+    assert 0 <= depth_m.min() and depth_m.max() <= 10
+    original, _ = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=False)[0]
+    unchanged = []
+    for seed in range(16):
+        torch.manual_seed(seed)
+        unchanged.append(torch.equal(dataset[0][0], original))
+    assert any(unchanged) and not all(unchanged)  # p = 0.25 of neither flip nor permutation
 
 
 def test_augmentation_flips_image_and_depth_together_and_permutes_channels():
@@ -216,8 +219,11 @@ def test_augmentation_flips_image_and_depth_together_and_permutes_channels():
     assert 70 < flips < 130 and 40 < permutations < 110  # p = 0.5 each; 2/3 of permutations move red
 
 
-def test_target_downsampling_keeps_constant_depth():
-    assert torch.allclose(downsample_depth_m(torch.full((1, 8, 8), 2.5), (4, 4)), torch.full((1, 4, 4), 2.5))
+def test_target_downsampling_keeps_constant_depth_and_averages_in_target_space():
+    assert torch.allclose(downsample_depth_m(torch.full((2, 1, 8, 8), 2.5), (4, 4)), torch.full((2, 1, 4, 4), 2.5))
+    halves = torch.tensor([[1.0, 4.0]]).repeat_interleave(2, 1).repeat(2, 1)[None, None]  # 1 m | 4 m, 2x4
+    # y = 1000 / depth_cm: mean of 10 and 2.5 is 6.25, i.e. 1.6 m (not the metric mean, 2.5 m)
+    assert torch.allclose(downsample_depth_m(halves, (1, 1)), torch.tensor(1.6))
 
 
 @pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])

@@ -80,6 +80,23 @@ def test_predict_depth_m_follows_the_protocol():
     assert fused.min() >= 0.1 and fused.max() <= 10.0
 
 
+def test_bf16_channels_last_prediction_matches_fp32_and_uint8_input_matches_float():
+    torch.manual_seed(0)
+    model = DenseDepth(0.125).eval()
+    pixels = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        reference = predict_depth_m(model, pixels.float() / 255, (64, 96), (48, 64), channels_last=False)
+        from_uint8 = predict_depth_m(model, pixels, (64, 96), (48, 64), channels_last=False)
+        fast_model = model.to(memory_format=torch.channels_last)
+        channels_last = predict_depth_m(fast_model, pixels, (64, 96), (48, 64))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = predict_depth_m(fast_model, pixels, (64, 96), (48, 64))
+    assert torch.equal(from_uint8, reference)
+    assert torch.allclose(channels_last, reference, rtol=1e-4)
+    assert bf16.dtype == torch.float32  # metres leave the network in fp32
+    assert ((bf16 - reference).abs() / reference).median() < 0.02
+
+
 def test_missing_imagenet_weights_say_how_to_proceed(monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")

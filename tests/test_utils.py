@@ -70,3 +70,35 @@ def test_running_mean():
     assert mean.mean == 4.0 and mean.count == 3
     mean.reset()
     assert mean.mean == 0.0
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    import utils
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
+    assert utils.choose_precision("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
+    assert utils.choose_precision("auto", cpu) == torch.float32
+    assert utils.choose_precision("bf16", cpu) == torch.bfloat16  # asked for explicitly: emulated, but honoured
+    assert utils.choose_precision("fp16", cpu) == torch.float16
+    # A GPU without bf16 (before Ampere) gets fp16, and an explicit bf16 is refused in one sentence.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    assert utils.choose_precision("auto", cuda) == torch.float16
+    with pytest.raises(UserError, match="Tesla V100 has no bf16"):
+        utils.choose_precision("bf16", cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert utils.choose_precision("auto", cuda) == torch.bfloat16
+    with pytest.raises(UserError, match="--precision must be one of"):
+        utils.choose_precision("fp8", cpu)
+
+
+def test_autocast_is_off_for_fp32_and_on_otherwise():
+    from utils import autocast
+
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.rand(1, 3, 8, 8)
+    with autocast(torch.device("cpu"), torch.float32):
+        assert conv(x).dtype == torch.float32
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
