@@ -1,0 +1,505 @@
+"""Speed and memory of this repo's fast paths, each measured in the same run beside the straightforward path.
+
+On the built-in sample data (rendered into data/sample first if it is not there):
+    python bench/benchmark.py
+On a GPU, with torch.compile for the training row:
+    python bench/benchmark.py --device cuda --compile
+
+The straightforward path is what a first port of DenseDepth does: fp32,
+contiguous memory, the mirror image as a second forward pass, the test arrays
+loaded whole, and a loader that keeps a dictionary of per-file bytes and
+decodes with PIL (the original code's approach). Each case runs in a fresh
+process, so the peak memory it reports is its own. The table is printed and
+saved as JSON beside the run's checkpoint.
+"""
+
+import argparse
+import concurrent.futures
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from data import (
+    TRAIN_CSV,
+    EigenTestZip,
+    NYUDepthDataset,
+    open_training_data,
+    read_pairs,
+)
+from evaluate import eigen_batches, evaluate_protocol, load_model
+from loss import DepthLoss
+from metrics import DepthMetrics, crop
+from model import DenseDepth, output_size, predict_depth_m
+from train import build_optimizer, train_step, training_batch
+from utils import atomic_write, autocast, choose_device, choose_precision, cpu_has_native_bf16, precision_name
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Benchmark the fast paths against the straightforward ones")
+    parser.add_argument("--data_dir", default="data/sample", help="folder with nyu_data.zip and nyu_test.zip")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    parser.add_argument(
+        "--checkpoint",
+        help="trained weights for the evaluation and accuracy rows (default: the quick start's last.pth "
+        "if present, else a one-epoch model trained here)",
+    )
+    parser.add_argument("--out_dir", default="runs/bench", help="where the JSON report (and any model trained) go")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each speed case")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh-process runs of each speed case; best kept")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our training path (CUDA)")
+    return parser
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def peak_rss_mb():
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device, repeats, warmup=1):
+    """Median seconds per call of function() over `repeats` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        function()
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        function()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def paper_model(device, channels_last):
+    model = DenseDepth(decoder_width=1.0).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def case_predict(device_name, fast, repeats):
+    """Seconds to predict one 640x480 picture with flip averaging, the paper's model."""
+    torch.manual_seed(0)
+    device = choose_device(device_name)
+    dtype = choose_precision("auto" if fast else "fp32", device)
+    model = paper_model(device, channels_last=fast).eval()
+    picture = torch.rand(1, 3, 480, 640, device=device)
+    size = (480, 640)
+
+    def predict():
+        with torch.inference_mode(), autocast(device, dtype):
+            if fast:  # the mirror image in the same batch
+                return predict_depth_m(model, picture, size, size, flip=True)
+            plain = predict_depth_m(model, picture, size, size, flip=False, channels_last=False)
+            mirrored = predict_depth_m(model, picture.flip(-1), size, size, flip=False, channels_last=False)
+            return (plain + mirrored.flip(-1)) / 2
+
+    return {"seconds": timed(predict, device, repeats), "precision": precision_name(dtype)}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def case_train(device_name, fast, repeats, input_size, batch_size, compile_model=False):
+    """Training images/s of the paper's model: forward, fp32 loss, backward, Adam step."""
+    torch.manual_seed(0)
+    device = choose_device(device_name)
+    dtype = choose_precision("auto" if fast else "fp32", device)
+    model = paper_model(device, channels_last=fast).train()
+    step_model = torch.compile(model) if compile_model else model
+    if fast:
+        optimizer = build_optimizer(model, argparse.Namespace(lr=1e-4), device)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    criterion = DepthLoss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # Ours gets the loader's 640x480 uint8 batch and resizes on the device, inside the timed step;
+    # the straightforward loader hands over float tensors already at the network's sizes.
+    pictures = torch.randint(0, 256, (batch_size, 3, 480, 640), dtype=torch.uint8)
+    full_depth_m = torch.rand(batch_size, 1, 480, 640) * 9 + 0.5
+    if device.type == "cuda":  # as the DataLoader's pin_memory leaves them
+        pictures, full_depth_m = pictures.pin_memory(), full_depth_m.pin_memory()
+    images = torch.rand(batch_size, 3, *input_size, device=device)
+    depth_m = torch.rand(batch_size, 1, *output_size(input_size), device=device) * 9 + 0.5
+
+    def step():
+        if fast:
+            batch = training_batch(pictures, full_depth_m, input_size, device)
+            train_step(step_model, *batch, criterion, optimizer, scaler, device, dtype)
+        else:
+            train_step(step_model, images, depth_m, criterion, optimizer, scaler, device, dtype)
+
+    seconds = timed(step, device, repeats, warmup=2)
+    result = {"images_per_s": batch_size / seconds, "precision": precision_name(dtype)}
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+# ----------------------------------------------------------------------------- data loading
+
+
+class DictPILDataset(Dataset):
+    """A loader in the manner of the original DenseDepth code: every zip member's bytes in a dict,
+    PIL decoding, PIL flips, a NumPy channel permutation, the depth resized by PIL to 320x240,
+    and both converted to float tensors in the worker."""
+
+    def __init__(self, zip_path):
+        with zipfile.ZipFile(zip_path) as archive:
+            self.files = {name: archive.read(name) for name in archive.namelist()}
+        self.pairs = [line.split(",") for line in self.files[TRAIN_CSV].decode().split()]
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        rgb_name, depth_name = self.pairs[index]
+        image = Image.open(io.BytesIO(self.files[rgb_name]))
+        depth = Image.open(io.BytesIO(self.files[depth_name]))
+        if random.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            depth = depth.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if random.random() < 0.5:
+            image = Image.fromarray(np.asarray(image)[..., list(random.choice(CHANNEL_ORDERS))])
+        image = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous().float().div(255)
+        depth = np.asarray(depth.resize((320, 240)), dtype=np.float32)
+        return image, torch.from_numpy(depth)[None] * (10 / 255)
+
+
+CHANNEL_ORDERS = list(itertools.permutations(range(3)))
+
+
+def make_dataset(zip_path, fast):
+    if not fast:
+        return DictPILDataset(zip_path)
+    archive = open_training_data(zip_path)
+    return NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
+
+
+def case_loader_speed(zip_path, fast, samples):
+    """Samples/s of one loader process (a worker's share) at 640x480 with augmentation."""
+    torch.set_num_threads(1)  # as inside a DataLoader worker
+    torch.manual_seed(0)
+    dataset = make_dataset(zip_path, fast)
+    count = min(samples, len(dataset))
+    dataset[0]
+    started = time.perf_counter()
+    for index in range(count):
+        dataset[index]
+    return {"samples_per_s": count / (time.perf_counter() - started)}
+
+
+def pss_mb(pid):
+    """Proportional set size: shared pages split between the processes that share them."""
+    with open(f"/proc/{pid}/smaps_rollup") as file:
+        for line in file:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 2**10
+    return 0.0
+
+
+def child_pids():
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as file:
+            pids += [int(pid) for pid in file.read().split()]
+    return pids
+
+
+def case_loader_memory(zip_path, fast, workers, batches, start_method):
+    """Total PSS of the main process and its DataLoader workers after `batches` batches.
+
+    start_method is the one a script started from the shell gets (this case runs in a
+    spawned process, whose own default would be spawn).
+    """
+    torch.manual_seed(0)
+    dataset = make_dataset(zip_path, fast)
+    context = multiprocessing.get_context(start_method)
+    loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=workers, multiprocessing_context=context)
+    iterator = iter(loader)
+    for _ in range(min(batches, len(loader))):
+        next(iterator)
+    total = pss_mb(os.getpid()) + sum(pss_mb(pid) for pid in child_pids())
+    del iterator
+    return {"pss_mb": total}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def case_evaluate(device_name, fast_precision, checkpoint, test_zip, batch_size=4):
+    """Seconds per image and peak memory of evaluating the test zip; also the metrics (accuracy row).
+
+    fast_precision None runs the straightforward path: fp32, contiguous, the mirror
+    image as a second pass, both arrays loaded whole before the first batch.
+    """
+    device = choose_device(device_name)
+    model, input_size = load_model(checkpoint, device)
+    test_set = EigenTestZip(test_zip)
+    started = time.perf_counter()
+    if fast_precision is None:
+        model = model.to(memory_format=torch.contiguous_format)
+        metrics = straightforward_evaluation(model, test_set, input_size, device, batch_size)
+        precision = "fp32"
+    else:
+        dtype = choose_precision(fast_precision, device)
+        batches = eigen_batches(test_set, batch_size)
+        metrics = evaluate_protocol(model, batches, input_size, test_set.crop, device, dtype)
+        precision = precision_name(dtype)
+    seconds = time.perf_counter() - started
+    values = metrics.compute("per_image")
+    return {
+        "seconds_per_image": seconds / len(test_set),
+        "peak_rss_mb": peak_rss_mb(),
+        "precision": precision,
+        "delta1": values["delta1"],
+        "abs_rel": values["abs_rel"],
+    }
+
+
+def straightforward_evaluation(model, test_set, input_size, device, batch_size):
+    with zipfile.ZipFile(test_set.path) as archive:
+        rgb = np.load(io.BytesIO(archive.read(test_set.rgb_name)))
+        depth_m = np.load(io.BytesIO(archive.read(test_set.depth_name)))
+    metrics = DepthMetrics()
+    with torch.inference_mode():
+        for start in range(0, len(rgb), batch_size):
+            images = torch.from_numpy(rgb[start : start + batch_size]).permute(0, 3, 1, 2).float().div(255)
+            images = images.contiguous().to(device)
+            truth_m = torch.from_numpy(depth_m[start : start + batch_size])[:, None].to(device)
+            out_size = truth_m.shape[-2:]
+            plain = predict_depth_m(model, images, input_size, out_size, flip=False, channels_last=False)
+            mirrored = predict_depth_m(model, images.flip(-1), input_size, out_size, flip=False, channels_last=False)
+            metrics.update(crop((plain + mirrored.flip(-1)) / 2, test_set.crop), crop(truth_m, test_set.crop))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def in_fresh_process(function, *args):
+    """Run function(*args) in a new Python process and return its result."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def ensure_sample_data(data_dir):
+    data_dir = Path(data_dir)
+    if not (data_dir / "nyu_data.zip").is_file() or not (data_dir / "nyu_test.zip").is_file():
+        print(f"rendering the sample data into {data_dir} (about a minute and a half on 2 cores)", flush=True)
+        command = [sys.executable, str(ROOT / "sample_data.py"), "--out", str(data_dir)]
+        subprocess.run(command + ["--train_images", "600", "--test_images", "100"], check=True)
+    return data_dir / "nyu_data.zip", data_dir / "nyu_test.zip"
+
+
+def ensure_checkpoint(args, train_zip):
+    """The weights for the evaluation rows: given, the quick start's, or one epoch trained now."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    quickstart = ROOT / "runs/quickstart/checkpoints/last.pth"
+    if quickstart.is_file():
+        return quickstart
+    checkpoint_dir = Path(args.out_dir) / "checkpoints"
+    if not (checkpoint_dir / "last.pth").is_file():
+        print("training a small model for one epoch (96x128, half-width decoder) for the evaluation rows", flush=True)
+        command = [sys.executable, str(ROOT / "train.py"), "--data_dir", str(train_zip), "--batch_size", "8"]
+        command += ["--checkpoint_dir", str(checkpoint_dir), "--epochs", "1", "--input_size", "96", "128"]
+        command += ["--decoder_width", "0.5", "--no_pretrained", "--device", args.device, "--log_interval", "1000"]
+        subprocess.run(command, check=True)
+    return checkpoint_dir / "last.pth"
+
+
+def machine_description(device):
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    lines = [
+        f"CPU: {cpu}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}",
+        f"torch {torch.__version__}, Python {platform.python_version()}, device {device}",
+    ]
+    if device.type == "cuda":
+        lines.append(f"GPU: {torch.cuda.get_device_name(device)}")
+    return lines
+
+
+def row(name, unit, base, fast, higher_is_better, target=None):
+    ratio = fast / base if higher_is_better else base / fast
+    return {"case": name, "unit": unit, "straightforward": base, "ours": fast, "ratio": ratio, "target": target}
+
+
+def side_by_side(case, arguments, rounds, key, higher_is_better):
+    """Results of case(*arguments(fast)) for the straightforward path and ours, each run `rounds`
+    times in fresh processes, alternating; the best of each is kept, as shared machines are noisy."""
+    results = {False: [], True: []}
+    for _ in range(rounds):
+        for fast in (False, True):
+            results[fast].append(in_fresh_process(case, *arguments(fast)))
+    choose = max if higher_is_better else min
+    return tuple(choose(results[fast], key=lambda result: result[key]) for fast in (False, True))
+
+
+def run_speed_cases(args, device):
+    name = device.type
+    rows = []
+    base, fast = side_by_side(
+        case_predict, lambda fast: (name, fast, args.repeats), args.rounds, "seconds", higher_is_better=False
+    )
+    rows.append(row("predict one 640x480 picture, flip averaged", "s", base["seconds"], fast["seconds"], False, 3.0))
+    rows[-1]["precision"] = fast["precision"]
+    print(f"prediction: {base['seconds']:.3f} s -> {fast['seconds']:.3f} s", flush=True)
+
+    train_cases = [((240, 320), 4, 2.5)] if device.type == "cpu" else [((240, 320), 4, None), ((480, 640), 8, None)]
+    for input_size, batch_size, target in train_cases:
+        base, fast = side_by_side(
+            case_train,
+            lambda fast, size=input_size, batch=batch_size: (
+                name,
+                fast,
+                args.repeats,
+                size,
+                batch,
+                fast and args.compile,
+            ),
+            args.rounds,
+            "images_per_s",
+            higher_is_better=True,
+        )
+        label = f"train {input_size[0]}x{input_size[1]}, batch {batch_size}"
+        rows.append(row(label, "img/s", base["images_per_s"], fast["images_per_s"], True, target))
+        rows[-1]["precision"] = fast["precision"]
+        if "peak_gpu_mb" in fast:
+            rows[-1]["peak_gpu_mb"] = {"straightforward": base["peak_gpu_mb"], "ours": fast["peak_gpu_mb"]}
+        print(f"{label}: {base['images_per_s']:.2f} -> {fast['images_per_s']:.2f} img/s", flush=True)
+    return rows
+
+
+def run_loader_cases(args, train_zip):
+    rows = []
+    base, fast = side_by_side(
+        case_loader_speed, lambda fast: (train_zip, fast, 400), args.rounds, "samples_per_s", higher_is_better=True
+    )
+    rows.append(row("loader, 640x480 + augmentation, per worker", "samples/s", base["samples_per_s"],
+                    fast["samples_per_s"], True, 2.0))  # fmt: skip
+    print(f"loader: {base['samples_per_s']:.1f} -> {fast['samples_per_s']:.1f} samples/s per worker", flush=True)
+    memory = {}
+    for fast_loader in (False, True):
+        for workers in (1, 4):
+            memory[fast_loader, workers] = in_fresh_process(
+                case_loader_memory, train_zip, fast_loader, workers, 24, multiprocessing.get_start_method()
+            )
+    zip_mb = Path(train_zip).stat().st_size / 2**20
+    base4, fast4 = memory[False, 4]["pss_mb"], memory[True, 4]["pss_mb"]
+    rows.append(row("loader memory, main + 4 workers (PSS)", "MB", base4, fast4, False))
+    rows[-1]["limit_mb"] = zip_mb + 1024
+    growth = {fast_loader: (memory[fast_loader, 4]["pss_mb"] - memory[fast_loader, 1]["pss_mb"]) / 3
+              for fast_loader in (False, True)}  # fmt: skip
+    rows.append(row("loader memory per extra worker (PSS)", "MB", growth[False], growth[True], False))
+    rows[-1]["limit_mb"] = 100
+    print(f"loader PSS with 4 workers: {base4:.0f} MB -> {fast4:.0f} MB (zip {zip_mb:.0f} MB)", flush=True)
+    return rows, zip_mb
+
+
+def run_evaluation_cases(args, device, checkpoint, test_zip):
+    name = device.type
+    base = in_fresh_process(case_evaluate, name, None, str(checkpoint), str(test_zip))
+    fp32 = in_fresh_process(case_evaluate, name, "fp32", str(checkpoint), str(test_zip))
+    fast = in_fresh_process(case_evaluate, name, "auto", str(checkpoint), str(test_zip))
+    rows = [
+        row("evaluate test zip", "s/image", base["seconds_per_image"], fast["seconds_per_image"], False),
+        row("evaluate test zip, peak memory (RSS)", "MB", base["peak_rss_mb"], fast["peak_rss_mb"], False),
+    ]
+    accuracy = {
+        "checkpoint": str(checkpoint),
+        "precision": fast["precision"],
+        "fp32": {key: fp32[key] for key in ("delta1", "abs_rel")},
+        fast["precision"]: {key: fast[key] for key in ("delta1", "abs_rel")},
+        "straightforward fp32": {key: base[key] for key in ("delta1", "abs_rel")},
+    }
+    print(f"evaluation: {base['seconds_per_image']:.3f} -> {fast['seconds_per_image']:.3f} s/image", flush=True)
+    return rows, accuracy
+
+
+def format_report(machine, rows, accuracy):
+    lines = machine + ["", "| case | unit | straightforward | ours | ratio | target |", "|---|---|---|---|---|---|"]
+    for entry in rows:
+        target = entry.get("target")
+        if target is not None:
+            goal = f">= {target:g}x: {'met' if entry['ratio'] >= target else 'NOT met'}"
+        elif "limit_mb" in entry:
+            goal = f"ours <= {entry['limit_mb']:.0f} MB: {'met' if entry['ours'] <= entry['limit_mb'] else 'NOT met'}"
+        else:
+            goal = "report"
+        lines.append(
+            f"| {entry['case']} | {entry['unit']} | {entry['straightforward']:.3f} | {entry['ours']:.3f} "
+            f"| {entry['ratio']:.2f}x | {goal} |"
+        )
+        if "peak_gpu_mb" in entry:
+            peak = entry["peak_gpu_mb"]
+            lines.append(f"|   peak GPU memory | MB | {peak['straightforward']:.0f} | {peak['ours']:.0f} | | report |")
+    fast_name = accuracy["precision"]
+    d_delta1 = abs(accuracy[fast_name]["delta1"] - accuracy["fp32"]["delta1"])
+    d_abs_rel = abs(accuracy[fast_name]["abs_rel"] - accuracy["fp32"]["abs_rel"])
+    verdict = "met" if max(d_delta1, d_abs_rel) <= 0.005 else "NOT met"
+    lines += [
+        "",
+        f"accuracy on the test zip, same weights ({accuracy['checkpoint']}), per-image aggregation:",
+        f"  fp32: delta1 {accuracy['fp32']['delta1']:.4f}, abs rel {accuracy['fp32']['abs_rel']:.4f}",
+        f"  {fast_name}: delta1 {accuracy[fast_name]['delta1']:.4f}, abs rel {accuracy[fast_name]['abs_rel']:.4f}",
+        f"  difference: delta1 {d_delta1:.4f}, abs rel {d_abs_rel:.4f} (target <= 0.005: {verdict})",
+    ]
+    return "\n".join(lines)
+
+
+def main(args):
+    device = choose_device(args.device)
+    train_zip, test_zip = ensure_sample_data(args.data_dir)
+    checkpoint = ensure_checkpoint(args, train_zip)
+    machine = machine_description(device)
+    print("\n".join(machine), flush=True)
+    rows = run_speed_cases(args, device)
+    loader_rows, _ = run_loader_cases(args, train_zip)
+    evaluation_rows, accuracy = run_evaluation_cases(args, device, checkpoint, test_zip)
+    report = format_report(machine, rows + loader_rows + evaluation_rows, accuracy)
+    print("\n" + report)
+    path = Path(args.out_dir) / "benchmark.json"
+    record = {"machine": machine, "rows": rows + loader_rows + evaluation_rows, "accuracy": accuracy}
+    with atomic_write(path) as file:
+        file.write(json.dumps(record, indent=2).encode())
+    print(f"\nsaved to {path}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
