@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline on the built-in sample data, on a CPU in 7 to 10 minutes, nothing to download but packages:
+# The whole pipeline on the built-in sample data, on a CPU in 5 to 8 minutes, nothing to download but packages:
 # set up .venv, render the sample zips, train from scratch at a reduced size, evaluate on the
 # Eigen-format test zip beside a constant-depth baseline, and predict the depth of a picture.
 set -euo pipefail
