@@ -429,10 +429,10 @@ def run_loader_cases(args, train_zip):
     rows.append(row("loader memory per extra worker (PSS)", "MB", growth[False], growth[True], False))
     rows[-1]["limit_mb"] = 100
     print(f"loader PSS with 4 workers: {base4:.0f} MB -> {fast4:.0f} MB (zip {zip_mb:.0f} MB)", flush=True)
-    return rows, zip_mb
+    return rows
 
 
-def run_evaluation_cases(args, device, checkpoint, test_zip):
+def run_evaluation_cases(device, checkpoint, test_zip):
     name = device.type
     base = in_fresh_process(case_evaluate, name, None, str(checkpoint), str(test_zip))
     fp32 = in_fresh_process(case_evaluate, name, "fp32", str(checkpoint), str(test_zip))
@@ -490,8 +490,8 @@ def main(args):
     machine = machine_description(device)
     print("\n".join(machine), flush=True)
     rows = run_speed_cases(args, device)
-    loader_rows, _ = run_loader_cases(args, train_zip)
-    evaluation_rows, accuracy = run_evaluation_cases(args, device, checkpoint, test_zip)
+    loader_rows = run_loader_cases(args, train_zip)
+    evaluation_rows, accuracy = run_evaluation_cases(device, checkpoint, test_zip)
     report = format_report(machine, rows + loader_rows + evaluation_rows, accuracy)
     print("\n" + report)
     path = Path(args.out_dir) / "benchmark.json"
