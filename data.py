@@ -13,14 +13,17 @@ The writers here produce exactly these formats; sample_data.py uses them.
 
 import io
 import mmap
+import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler, default_collate
 
 try:  # several times faster than PIL; deprecated in torchvision 0.29 in favour of TorchCodec
     from torchvision.io import ImageReadMode, decode_image
@@ -61,7 +64,10 @@ class ZipArchive:
     def __init__(self, path):
         self.path = Path(path)
         self._zip = None
-        self.names = set(self._open().namelist())
+        try:
+            self.names = set(self._open().namelist())
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
+            raise UserError(f"{self.path} is a damaged zip file ({err})") from err
 
     def _open(self):
         if self._zip is None:
@@ -73,19 +79,25 @@ class ZipArchive:
     def read(self, name):
         return self._open().read(name)
 
+    def __contains__(self, name):
+        return name in self.names
+
     def __getstate__(self):
         # A worker started by 'spawn' maps the file again instead of receiving a copy.
         return {**self.__dict__, "_zip": None}
 
 
 class DirectoryArchive:
-    """The extracted form: entries are files under `root`."""
+    """The extracted form: entries are files under the directory `path`."""
 
-    def __init__(self, root):
-        self.root = Path(root)
+    def __init__(self, path):
+        self.path = Path(path)
 
     def read(self, name):
-        return (self.root / name).read_bytes()
+        return (self.path / name).read_bytes()
+
+    def __contains__(self, name):
+        return (self.path / name).is_file()
 
 
 def open_training_data(path):
@@ -101,7 +113,7 @@ def open_training_data(path):
     if not path.is_file():
         raise UserError(f"--data_dir {path} does not exist")
     if not zipfile.is_zipfile(path):
-        raise UserError(f"--data_dir {path} is not a zip file")
+        raise UserError(f"--data_dir {path} is not a zip file, or is truncated (its table of contents is missing)")
     archive = ZipArchive(path)
     if TRAIN_CSV not in archive.names:
         raise UserError(f"{path} has no {TRAIN_CSV}: it is not the NYU Depth v2 training zip")
@@ -109,8 +121,13 @@ def open_training_data(path):
 
 
 def read_pairs(archive, csv_name):
-    """(rgb_name, depth_name) pairs listed in a CSV of the archive."""
-    text = archive.read(csv_name).decode("utf-8")
+    """(rgb_name, depth_name) pairs listed in a CSV of the archive, each entry checked to be there."""
+    try:
+        text = archive.read(csv_name).decode("utf-8")
+    except (zipfile.BadZipFile, zlib.error, OSError) as err:
+        raise UserError(f"{csv_name} could not be read from {archive.path} ({err})") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{csv_name} in {archive.path} is not UTF-8 text") from err
     pairs = []
     for line_number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -119,33 +136,64 @@ def read_pairs(archive, csv_name):
         fields = [field.strip() for field in line.split(",")]
         if len(fields) != 2 or not all(fields):
             raise UserError(f"{csv_name} line {line_number} is not 'rgb_path,depth_path': {line!r}")
+        missing = [name for name in fields if name not in archive]
+        if missing:
+            raise UserError(f"{csv_name} line {line_number} names {missing[0]}, which is not in {archive.path}")
         pairs.append(tuple(fields))
+    if not pairs:
+        raise UserError(f"{csv_name} in {archive.path} lists no pairs")
     return pairs
 
 
 # ----------------------------------------------------------------------------- decoding and encoding
 
 
+class DecodeError(ValueError):
+    """Bytes that are not a picture of the kind expected."""
+
+
 def decode_picture(data, rgb):
-    """Encoded picture bytes -> (C, H, W) tensor: RGB uint8 if `rgb`, else the stored channels and depth."""
-    if decode_image is None:
-        with Image.open(io.BytesIO(data)) as picture:
-            array = np.asarray(picture.convert("RGB") if rgb else picture)
-        return torch.from_numpy(array.copy()).view(*array.shape[:2], -1).permute(2, 0, 1)
-    mode = ImageReadMode.RGB if rgb else ImageReadMode.UNCHANGED
-    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+    """Encoded picture bytes -> (C, H, W) tensor: RGB uint8 if `rgb`, else the stored channels and depth.
+
+    Raises DecodeError for bytes that do not decode.
+    """
+    try:
+        if decode_image is None:
+            with Image.open(io.BytesIO(data)) as picture:
+                array = np.asarray(picture.convert("RGB") if rgb else picture)
+            return torch.from_numpy(array.copy()).view(*array.shape[:2], -1).permute(2, 0, 1)
+        mode = ImageReadMode.RGB if rgb else ImageReadMode.UNCHANGED
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+    except (RuntimeError, OSError, ValueError) as err:
+        # torchvision prefixes its messages with its source file and line: keep the reason only.
+        reason = re.sub(r"^\w+, \S+:\d+, ", "", str(err)).split(". ")[0].strip() or type(err).__name__
+        raise DecodeError(f"does not decode as a picture ({reason})") from err
 
 
 def decode_rgb(data):
-    """Encoded picture bytes -> (3, H, W) uint8 tensor."""
-    return decode_picture(data, rgb=True)
+    """Encoded picture bytes -> (3, H, W) uint8 tensor (16-bit pictures scaled to 8 bits)."""
+    image = decode_picture(data, rgb=True)
+    if image.dtype == torch.uint16:
+        image = (image.to(torch.int32) * 255 + 32767).div(65535, rounding_mode="floor").to(torch.uint8)
+    return image
+
+
+DEPTH_PNG_MODES = "8-bit grayscale (value / 255 x 10 m) or 16-bit grayscale (millimetres)"
+_PNG_COLOUR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale with alpha", 6: "RGBA"}
 
 
 def decode_depth_png(data):
-    """Depth PNG bytes -> (1, H, W) float32 metres: 8-bit as value / 255 * 10, 16-bit as millimetres."""
+    """Depth PNG bytes -> (1, H, W) float32 metres: 8-bit as value / 255 * 10, 16-bit as millimetres.
+
+    Raises DecodeError for anything but an 8-bit or 16-bit grayscale PNG.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise DecodeError(f"is not a PNG; depth must be a PNG, {DEPTH_PNG_MODES}")
+    bit_depth, colour_type = data[24], data[25]
+    if colour_type != 0 or bit_depth not in (8, 16):
+        kind = f"{bit_depth}-bit {_PNG_COLOUR_TYPES.get(colour_type, f'colour type {colour_type}')}"
+        raise DecodeError(f"is a {kind} PNG; depth must be {DEPTH_PNG_MODES}")
     depth = decode_picture(data, rgb=False)
-    if depth.shape[0] != 1:
-        raise ValueError(f"depth PNG has {depth.shape[0]} channels; expected one (8-bit or 16-bit grayscale)")
     if depth.dtype == torch.uint8:
         return depth.float() * (TRAIN_DEPTH_MAX_M / 255)
     return depth.to(torch.int32).float() / 1000
@@ -194,11 +242,15 @@ def downsample_depth_m(depth_m, size):
 class NYUDepthDataset(Dataset):
     """RGB/depth pairs from the training archive, at their stored resolution.
 
-    Returns (image (3, H, W) uint8, depth_m (1, H, W) float metres), with
-    DenseDepth's augmentation if `augment`. Workers only decode and augment:
-    resizing to the network's sizes happens batched on the device
-    (train.training_batch), so each worker feeds about twice as many pictures a
-    second, and uint8 images are a quarter of the bytes to hand over and copy.
+    An item is (image (3, H, W) uint8, depth_m (1, H, W) float metres), with
+    DenseDepth's augmentation if `augment`; a pair that cannot be loaded comes
+    back as a FailedSample instead, for collate_pairs to leave out and report.
+    Indices may come with a seed for the augmentation (see TrainingOrder).
+
+    Workers only decode and augment: resizing to the network's sizes happens
+    batched on the device (train.training_batch), so each worker feeds about
+    twice as many pictures a second, and uint8 images are a quarter of the
+    bytes to hand over and copy.
     """
 
     def __init__(self, archive, pairs, augment):
@@ -209,22 +261,102 @@ class NYUDepthDataset(Dataset):
     def __len__(self):
         return len(self.pairs)
 
-    def __getitem__(self, index):
-        rgb_name, depth_name = self.pairs[index]
-        image = decode_rgb(self.archive.read(rgb_name))
-        depth_m = decode_depth_png(self.archive.read(depth_name))
+    def __getitem__(self, item):
+        index, augment_seed = item if isinstance(item, tuple) else (item, None)
+        try:
+            image, depth_m = self.load_pair(index)
+        except (DecodeError, zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+            return FailedSample(self.pairs[index], str(err))
         if self.augment:
-            image, depth_m = augment(image, depth_m)
+            generator = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
+            image, depth_m = augment(image, depth_m, generator)
+        return image, depth_m
+
+    def load_pair(self, index):
+        """The decoded pair `index`; raises DecodeError naming the entry that is wrong."""
+        rgb_name, depth_name = self.pairs[index]
+        try:
+            image = decode_rgb(self.archive.read(rgb_name))
+        except DecodeError as err:
+            raise DecodeError(f"{rgb_name} {err}") from err
+        try:
+            depth_m = decode_depth_png(self.archive.read(depth_name))
+        except DecodeError as err:
+            raise DecodeError(f"{depth_name} {err}") from err
+        if image.shape[-2:] != depth_m.shape[-2:]:
+            raise DecodeError(
+                f"{rgb_name} is {image.shape[-1]}x{image.shape[-2]} but its depth {depth_name} is "
+                f"{depth_m.shape[-1]}x{depth_m.shape[-2]}; a pair must have one size"
+            )
         return image, depth_m
 
 
-def augment(image, depth_m):
+class FailedSample(NamedTuple):
+    """A pair that could not be loaded, and why."""
+
+    names: tuple
+    reason: str
+
+
+def collate_pairs(samples):
+    """Batch the pairs that loaded: (images, depth_m, failures), images and depth_m None if none did.
+
+    Pairs whose size differs from the batch's first are resized to it (depth in
+    DenseDepth's target space), so pictures of several sizes can be mixed.
+    """
+    failures = [sample for sample in samples if isinstance(sample, FailedSample)]
+    pairs = [sample for sample in samples if not isinstance(sample, FailedSample)]
+    if not pairs:
+        return None, None, failures
+    size = pairs[0][0].shape[-2:]
+    pairs = [
+        (image, depth_m) if image.shape[-2:] == size else _resize_pair(image, depth_m, size) for image, depth_m in pairs
+    ]
+    images, depth_m = default_collate(pairs)
+    return images, depth_m, failures
+
+
+def _resize_pair(image, depth_m, size):
+    image = resize(image[None].float(), size).round().clamp(0, 255).to(torch.uint8)[0]
+    return image, downsample_depth_m(depth_m[None], size)[0]
+
+
+def augment(image, depth_m, generator=None):
     """DenseDepth's augmentation: horizontal flip (p = 0.5) and an RGB channel permutation (p = 0.5)."""
-    if torch.rand(()) < 0.5:
+    if torch.rand((), generator=generator) < 0.5:
         image, depth_m = image.flip(-1), depth_m.flip(-1)
-    if torch.rand(()) < 0.5:
-        image = image.index_select(0, torch.randperm(3))  # 20x faster than image[permutation]
+    if torch.rand((), generator=generator) < 0.5:
+        # index_select is 20x faster than image[permutation]
+        image = image.index_select(0, torch.randperm(3, generator=generator))
     return image, depth_m
+
+
+class TrainingOrder(Sampler):
+    """An epoch's shuffled order, each index paired with a seed for its augmentation.
+
+    Both follow from (seed, epoch) alone, so the batches and their augmentation do
+    not depend on the number of workers or on whether the run was stopped and
+    resumed; start() picks the epoch and how many of its samples are done already.
+    """
+
+    def __init__(self, num_samples, seed):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 1
+        self.samples_done = 0
+
+    def start(self, epoch, samples_done=0):
+        self.epoch, self.samples_done = epoch, samples_done
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        augment_seeds = torch.randint(2**62, (self.num_samples,), generator=generator)
+        done = self.samples_done
+        yield from zip(order[done:].tolist(), augment_seeds[done:].tolist())
+
+    def __len__(self):
+        return self.num_samples - self.samples_done
 
 
 # ----------------------------------------------------------------------------- the Eigen test zip
@@ -254,21 +386,33 @@ class EigenTestZip:
         if not self.path.is_file():
             raise UserError(f"--data {self.path} does not exist")
         if not zipfile.is_zipfile(self.path):
-            raise UserError(f"--data {self.path} is not a zip file")
-        with zipfile.ZipFile(self.path) as archive:
-            names = archive.namelist()
-            self.rgb_name = _find_member(names, EIGEN_RGB, self.path)
-            self.depth_name = _find_member(names, EIGEN_DEPTH, self.path)
-            crop_name = _find_member(names, EIGEN_CROP, self.path)
-            crop = np.load(io.BytesIO(archive.read(crop_name))).ravel()
-            self.crop = tuple(int(v) for v in crop)
-            self.rgb_shape, self.rgb_dtype = self._header(archive, self.rgb_name)
-            self.depth_shape, self.depth_dtype = self._header(archive, self.depth_name)
+            raise UserError(f"--data {self.path} is not a zip file, or is truncated (its table of contents is missing)")
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                self._read_headers(archive)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise UserError(f"{self.path} is a damaged zip file ({err})") from err
         self._check()
 
+    def _read_headers(self, archive):
+        names = archive.namelist()
+        self.rgb_name = _find_member(names, EIGEN_RGB, self.path)
+        self.depth_name = _find_member(names, EIGEN_DEPTH, self.path)
+        crop_name = _find_member(names, EIGEN_CROP, self.path)
+        try:
+            crop = np.load(io.BytesIO(archive.read(crop_name))).ravel()
+            self.crop = tuple(int(v) for v in crop)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{self.path}: {crop_name} is not an array of 4 integers ({err})") from err
+        self.rgb_shape, self.rgb_dtype = self._header(archive, self.rgb_name)
+        self.depth_shape, self.depth_dtype = self._header(archive, self.depth_name)
+
     def _header(self, archive, name):
-        with archive.open(name) as stream:
-            shape, fortran_order, dtype = _read_npy_header(stream)
+        try:
+            with archive.open(name) as stream:
+                shape, fortran_order, dtype = _read_npy_header(stream)
+        except ValueError as err:
+            raise UserError(f"{self.path}: {name} is not a .npy array ({err})") from err
         if fortran_order:
             raise UserError(f"{self.path}: {name} is stored in Fortran order; expected C order")
         return shape, dtype
@@ -310,21 +454,22 @@ class EigenTestZip:
             _read_npy_header(depth_stream)
             for start in range(0, len(self), batch_size):
                 count = min(batch_size, len(self) - start)
-                rgb = np.frombuffer(_read_exactly(rgb_stream, count * rgb_bytes, self.path), dtype=self.rgb_dtype)
-                depth = np.frombuffer(
-                    _read_exactly(depth_stream, count * depth_bytes, self.path), dtype=self.depth_dtype
-                )
+                rgb = np.frombuffer(self._read(rgb_stream, count * rgb_bytes), dtype=self.rgb_dtype)
+                depth = np.frombuffer(self._read(depth_stream, count * depth_bytes), dtype=self.depth_dtype)
                 yield (
                     rgb.reshape(count, *self.rgb_shape[1:]),
                     depth.reshape(count, *self.depth_shape[1:]).astype(np.float32),
                 )
 
-
-def _read_exactly(stream, size, path):
-    data = stream.read(size)
-    if len(data) != size:
-        raise UserError(f"{path} ends early: an array in it is shorter than its header says")
-    return data
+    def _read(self, stream, size):
+        """Exactly `size` bytes of an array member; a damaged or short member is the user's error."""
+        try:
+            data = stream.read(size)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise UserError(f"{self.path} is a damaged zip file ({err})") from err
+        if len(data) != size:
+            raise UserError(f"{self.path} ends early: an array in it is shorter than its header says")
+        return bytearray(data)  # writable, as torch.from_numpy wants
 
 
 def _member_info(name):

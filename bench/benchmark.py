@@ -42,6 +42,8 @@ from data import (
     TRAIN_CSV,
     EigenTestZip,
     NYUDepthDataset,
+    TrainingOrder,
+    collate_pairs,
     open_training_data,
     read_pairs,
 )
@@ -212,10 +214,12 @@ def case_loader_speed(zip_path, fast, samples):
     torch.manual_seed(0)
     dataset = make_dataset(zip_path, fast)
     count = min(samples, len(dataset))
-    dataset[0]
+    # train.py's items: an index with its augmentation seed
+    items = list(TrainingOrder(len(dataset), seed=0))[:count] if fast else range(count)
+    dataset[items[0]]
     started = time.perf_counter()
-    for index in range(count):
-        dataset[index]
+    for item in items:
+        dataset[item]
     return {"samples_per_s": count / (time.perf_counter() - started)}
 
 
@@ -245,7 +249,8 @@ def case_loader_memory(zip_path, fast, workers, batches, start_method):
     torch.manual_seed(0)
     dataset = make_dataset(zip_path, fast)
     context = multiprocessing.get_context(start_method)
-    loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=workers, multiprocessing_context=context)
+    order = {"sampler": TrainingOrder(len(dataset), seed=0), "collate_fn": collate_pairs} if fast else {"shuffle": True}
+    loader = DataLoader(dataset, batch_size=8, num_workers=workers, multiprocessing_context=context, **order)
     iterator = iter(loader)
     for _ in range(min(batches, len(loader))):
         next(iterator)

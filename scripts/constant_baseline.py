@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import TRAIN_CSV, EigenTestZip, decode_depth_png, open_training_data, read_pairs  # noqa: E402
+from data import TRAIN_CSV, DecodeError, EigenTestZip, decode_depth_png, open_training_data, read_pairs  # noqa: E402
 from metrics import DepthMetrics, crop, format_table  # noqa: E402
-from utils import atomic_write, run_main  # noqa: E402
+from utils import UserError, atomic_write, run_main  # noqa: E402
 
 
 def get_args_parser():
@@ -33,7 +33,10 @@ def mean_depth_m(archive):
     """Mean depth in metres over every pixel of every training depth map."""
     total, count = 0.0, 0
     for _, depth_name in tqdm(read_pairs(archive, TRAIN_CSV), desc="training depth", unit="map", leave=False):
-        depth_m = decode_depth_png(archive.read(depth_name))
+        try:
+            depth_m = decode_depth_png(archive.read(depth_name))
+        except DecodeError as err:
+            raise UserError(f"{depth_name} {err}") from err
         total += float(depth_m.double().sum())
         count += depth_m.numel()
     return total / count

@@ -15,9 +15,12 @@ from data import (
     TRAIN_CSV,
     DirectoryArchive,
     EigenTestZip,
+    FailedSample,
     NYUDepthDataset,
+    TrainingOrder,
     ZipArchive,
     augment,
+    collate_pairs,
     decode_depth_png,
     decode_rgb,
     downsample_depth_m,
@@ -159,6 +162,8 @@ def test_pil_fallback_decodes_the_same(monkeypatch, tiny_zips):
 
 def test_csv_with_crlf_and_blank_lines(tmp_path):
     (tmp_path / "data").mkdir()
+    for name in ("a.jpg", "a.png", "b.jpg", "b.png"):
+        (tmp_path / "data" / name).write_bytes(b"")
     (tmp_path / TRAIN_CSV).write_bytes(b"data/a.jpg,data/a.png\r\ndata/b.jpg,data/b.png\r\n\r\n")
     assert read_pairs(DirectoryArchive(tmp_path), TRAIN_CSV) == [
         ("data/a.jpg", "data/a.png"),
@@ -200,6 +205,55 @@ def test_training_samples_shapes_units_and_augmentation(tiny_zips):
         torch.manual_seed(seed)
         unchanged.append(torch.equal(dataset[0][0], original))
     assert any(unchanged) and not all(unchanged)  # p = 0.25 of neither flip nor permutation
+
+
+def test_training_order_depends_on_seed_and_epoch_alone_and_starts_mid_epoch():
+    order = TrainingOrder(10, seed=3)
+    order.start(epoch=2)
+    epoch_two = list(order)
+    assert sorted(index for index, _ in epoch_two) == list(range(10)) and len(order) == 10
+    assert list(TrainingOrder(10, seed=3)) != epoch_two  # epoch 1 differs
+    again = TrainingOrder(10, seed=3)
+    again.start(epoch=2, samples_done=4)
+    assert list(again) == epoch_two[4:] and len(again) == 6
+    other_seed = TrainingOrder(10, seed=4)
+    other_seed.start(epoch=2)
+    assert list(other_seed) != epoch_two
+
+
+def test_an_augmentation_seed_gives_the_same_sample_anywhere(tiny_zips):
+    archive = open_training_data(tiny_zips[0])
+    dataset = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
+    samples = [dataset[(0, seed)] for seed in range(12)]
+    torch.manual_seed(123)  # the global generator plays no part
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(samples, [dataset[(0, seed)] for seed in range(12)]))
+    assert len({bytes(image.numpy()) for image, _ in samples}) > 1
+
+
+def test_pairs_that_fail_are_left_out_of_the_batch_and_other_sizes_resized(tiny_zips, tmp_path):
+    archive = open_training_data(tiny_zips[0])
+    pairs = read_pairs(archive, TRAIN_CSV)
+    (tmp_path / "data").mkdir()
+    rgb_name, depth_name = pairs[0]
+    for index in range(2):
+        image = Image.open(io.BytesIO(archive.read(rgb_name)))
+        depth = Image.open(io.BytesIO(archive.read(depth_name)))
+        if index == 1:  # the same pair at twice the size
+            image, depth = image.resize((128, 96)), depth.resize((128, 96), Image.Resampling.NEAREST)
+        image.save(tmp_path / f"data/{index}.jpg", quality=95)
+        depth.save(tmp_path / f"data/{index}.png")
+    (tmp_path / "data/bad.jpg").write_bytes(b"not a picture")
+    rows = ["data/0.jpg,data/0.png", "data/1.jpg,data/1.png", "data/bad.jpg,data/0.png"]
+    (tmp_path / TRAIN_CSV).write_text("\n".join(rows))
+    folder = DirectoryArchive(tmp_path)
+    dataset = NYUDepthDataset(folder, read_pairs(folder, TRAIN_CSV), augment=False)
+    failed = dataset[2]
+    assert isinstance(failed, FailedSample) and failed.names == ("data/bad.jpg", "data/0.png")
+    assert failed.reason.startswith("data/bad.jpg does not decode as a picture")
+    images, depth_m, failures = collate_pairs([dataset[0], dataset[1], dataset[2]])
+    assert images.shape == (2, 3, 48, 64) and depth_m.shape == (2, 1, 48, 64) and failures == [failed]
+    assert (depth_m[1] - depth_m[0]).abs().mean() < 0.1  # the same scene, resized back
+    assert collate_pairs([failed]) == (None, None, [failed])
 
 
 def test_augmentation_flips_image_and_depth_together_and_permutes_channels():
