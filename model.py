@@ -125,9 +125,32 @@ def build_encoder(pretrained):
         ) from err
 
 
+def model_config(model, input_size):
+    """What a checkpoint holds to rebuild and use the model: architecture, width, training size, depth range."""
+    return {
+        "architecture": "DenseDepth",
+        "encoder": "densenet169",
+        "decoder_width": model.decoder_width,
+        "input_size": list(input_size),
+        "depth_target": "1000 / depth_cm",
+        "min_depth_m": MIN_DEPTH_M,
+        "max_depth_m": MAX_DEPTH_M,
+    }
+
+
 def model_from_checkpoint(checkpoint, source):
     """The DenseDepth model saved in a checkpoint dict (train.py's format), on the CPU."""
-    width = checkpoint["config"]["decoder_width"]
+    config = checkpoint["config"]
+    expected = {
+        "architecture": "DenseDepth",
+        "encoder": "densenet169",
+        "min_depth_m": MIN_DEPTH_M,
+        "max_depth_m": MAX_DEPTH_M,
+    }
+    for key, value in expected.items():
+        if config.get(key, value) != value:  # older checkpoints leave these out
+            raise UserError(f"checkpoint {source} has {key} {config[key]!r}; this code's model has {value!r}")
+    width = config["decoder_width"]
     model = DenseDepth(width)
     try:
         model.load_state_dict(checkpoint["model"])

@@ -3,6 +3,7 @@
 import contextlib
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -15,16 +16,74 @@ class UserError(Exception):
     """A problem with the user's input or environment; scripts print it as one line, no trace."""
 
 
+class Stopped(Exception):
+    """A run that stopped on request (a signal) after saving its state; the message says how to go on."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def run_main(main, args):
-    """Run a script's main(args); a UserError becomes one line on stderr and exit status 2."""
+    """Run a script's main(args): a UserError becomes one line on stderr and exit status 2,
+    a Stopped run its message and the shell's status for its signal (130 for Ctrl-C)."""
     try:
         main(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+class GracefulStop:
+    """Inside `with GracefulStop() as stop:` the first Ctrl-C (SIGINT) or SIGTERM only sets
+    stop.requested, so a loop can save its state and end at a safe point; a second one
+    raises KeyboardInterrupt at once, as usual."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(number)
+        print(
+            f"\n{self.signal.name} received: saving a checkpoint at the next step "
+            "(send it again to quit at once without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    @property
+    def requested(self):
+        return self.signal is not None
+
+    @property
+    def exit_code(self):
+        """The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+        return 128 + self.signal
+
+
+def ignore_stop_signals(worker_id=None):
+    """DataLoader worker_init_fn: leave Ctrl-C and SIGTERM to the main process, which stops the run in order."""
+    for number in GracefulStop.SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
 
 
 def choose_device(name="auto"):
@@ -101,6 +160,32 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def rng_states():
+    """The states of Python's, NumPy's and torch's generators, in types a weights_only load accepts."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states):
+    """Restore what rng_states() returned (CUDA states only where the same GPUs are present)."""
+    random.setstate(_as_tuples(states["python"]))
+    kind, keys, position, has_gauss, cached_gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _as_tuples(value):
+    # random.setstate wants the nested tuples back, whatever a round trip made of them.
+    return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
+
+
 @contextlib.contextmanager
 def atomic_write(path):
     """Open a temporary file beside `path` for binary writing; on success it is flushed to disk
@@ -123,6 +208,16 @@ def atomic_write(path):
         raise
 
 
+def remove_partial_writes(directory, pattern):
+    """Delete the temporary files atomic_write left in `directory` for files matching `pattern`
+    when its process was killed mid-write (a SIGKILL, a power cut)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for leftover in directory.glob(f".{pattern}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
 def save_checkpoint(state, path):
     """torch.save that never leaves a half-written checkpoint behind."""
     with atomic_write(path) as file:
@@ -142,26 +237,6 @@ def load_checkpoint(path):
     if not isinstance(checkpoint, dict) or not {"model", "config", "args"} <= checkpoint.keys():
         raise UserError(f"checkpoint {path} is not a checkpoint of this project (no model weights and settings)")
     return checkpoint
-
-
-class RunningMean:
-    """Mean of the values added since the last reset."""
-
-    def __init__(self):
-        self.total = 0.0
-        self.count = 0
-
-    def add(self, value, count=1):
-        self.total += value * count
-        self.count += count
-
-    @property
-    def mean(self):
-        return self.total / max(self.count, 1)
-
-    def reset(self):
-        self.total = 0.0
-        self.count = 0
 
 
 def colorize_depth(depth_m, vmin=None, vmax=None, cmap="plasma"):

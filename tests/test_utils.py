@@ -1,10 +1,23 @@
 import os
+import random
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from utils import RunningMean, UserError, atomic_write, choose_device, colorize_depth, load_checkpoint, save_checkpoint
+from utils import (
+    GracefulStop,
+    UserError,
+    atomic_write,
+    choose_device,
+    colorize_depth,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    seed_everything,
+    set_rng_states,
+)
 
 
 def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
@@ -63,13 +76,24 @@ def test_colorize_depth():
     assert not np.array_equal(colorize_depth(wide)[0, 1], colorize_depth(narrow)[0, 1])
 
 
-def test_running_mean():
-    mean = RunningMean()
-    mean.add(2.0)
-    mean.add(5.0, count=2)
-    assert mean.mean == 4.0 and mean.count == 3
-    mean.reset()
-    assert mean.mean == 0.0
+def test_graceful_stop_asks_once_then_interrupts(capsys):
+    previous = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.exit_code == 143
+        assert "SIGTERM received: saving a checkpoint at the next step" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_random_states_survive_a_weights_only_checkpoint(tmp_path):
+    seed_everything(1)
+    save_checkpoint({"rng": rng_states()}, tmp_path / "rng.pth")
+    expected = (random.random(), np.random.rand(), torch.rand(()).item())
+    set_rng_states(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
