@@ -5,8 +5,13 @@ On a GPU (or the CPU, found by itself), the paper's recipe:
 A short CPU run on the built-in sample data (see sample_data.py):
     python train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir runs/sample \
         --epochs 4 --input_size 192 256 --no_pretrained
-Resume where a run stopped (epoch and optimizer state):
-    python train.py ... --checkpoint checkpoints/last.pth
+Resume where a run stopped, to the same weights as a run that never stopped:
+    python train.py --data_dir nyu_data.zip --batch_size 8 --checkpoint_dir checkpoints --epochs 20 \
+        --checkpoint checkpoints/last.pth
+The first Ctrl-C (or SIGTERM, as sent by job schedulers) saves the run's state
+mid-epoch to checkpoint_dir/last.pth and prints that command; a second one quits
+at once. Settings left out when resuming (--input_size, --decoder_width, --lr,
+--seed) are the checkpoint's.
 
 Speed: the model and its inputs are channels_last; --precision auto (the
 default) trains under bf16 autocast on GPUs and CPUs that have bf16, fp16 with
@@ -15,20 +20,35 @@ gradient scaling on older GPUs, fp32 elsewhere; the loss is computed in fp32.
 
 Each epoch ends with the metrics on the zip's test split (the evaluation
 protocol of evaluate.py) and writes checkpoint_dir/last.pth; the epoch with
-the lowest abs rel is also kept as checkpoint_dir/best.pth.
+the lowest abs rel is also kept as checkpoint_dir/best.pth. Checkpoints are
+written whole or not at all. Pairs that do not load are skipped and reported,
+up to --max_bad_fraction of a split; a loss that is not finite stops the run
+without saving, keeping the last good checkpoint.
 """
 
 import argparse
 import math
 import platform
+import shlex
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torchvision
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data import TEST_CSV, TRAIN_CSV, NYUDepthDataset, downsample_depth_m, open_training_data, read_pairs
+from data import (
+    TEST_CSV,
+    TRAIN_CSV,
+    NYUDepthDataset,
+    TrainingOrder,
+    collate_pairs,
+    downsample_depth_m,
+    open_training_data,
+    read_pairs,
+)
 from evaluate import evaluate_protocol
 from loss import DepthLoss
 from metrics import DepthMetrics, format_table
@@ -36,6 +56,7 @@ from model import (
     DenseDepth,
     count_parameters,
     depth_m_to_target,
+    model_config,
     model_from_checkpoint,
     output_size,
     resize,
@@ -44,18 +65,27 @@ from model import (
 )
 from utils import (
     PRECISIONS,
-    RunningMean,
+    GracefulStop,
+    Stopped,
     UserError,
     autocast,
     choose_device,
     choose_precision,
     default_workers,
+    ignore_stop_signals,
     load_checkpoint,
     precision_name,
+    remove_partial_writes,
+    rng_states,
     run_main,
     save_checkpoint,
     seed_everything,
+    set_rng_states,
 )
+
+# Settings that define a run. Left out on the command line, they are the checkpoint's when
+# resuming and these otherwise, so a resumed run goes on as the run it continues.
+SETTING_DEFAULTS = {"lr": 1e-4, "decoder_width": 1.0, "input_size": (480, 640), "seed": 0}
 
 
 def get_args_parser():
@@ -71,21 +101,20 @@ def get_args_parser():
     required.add_argument("--epochs", type=int, required=True, help="Number of epochs")
     optional = parser.add_argument_group("optional arguments")
     optional.add_argument("--checkpoint", help="Model checkpoint path, to resume training from")
-    optional.add_argument("--lr", type=float, default=1e-4, help="Learning rate (Adam)")
+    optional.add_argument("--lr", type=float, help="Learning rate (Adam; default 1e-4, or the checkpoint's)")
     optional.add_argument("--log_interval", type=int, default=100, help="Interval to print the avg. loss and metrics")
     optional.add_argument(
         "--input_size",
         type=int,
         nargs=2,
-        default=(480, 640),
         metavar=("HEIGHT", "WIDTH"),
-        help="network input size; NYU pictures are 480 640; smaller trains faster on a CPU",
+        help="network input size (default 480 640 as NYU's pictures, or the checkpoint's); smaller trains "
+        "faster on a CPU",
     )
     optional.add_argument(
         "--decoder_width",
         type=float,
-        default=1.0,
-        help="decoder width factor: 1.0 is the paper's model, 0.5 the original code's default",
+        help="decoder width factor: 1.0 (the default) is the paper's model, 0.5 the original code's default",
     )
     optional.add_argument(
         "--no_pretrained",
@@ -100,7 +129,7 @@ def get_args_parser():
         "--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
     )
     optional.add_argument(
-        "--seed", type=int, default=0, help="random seed for initialisation, shuffling and augmentation"
+        "--seed", type=int, help="random seed for initialisation, shuffling and augmentation (default 0)"
     )
     optional.add_argument(
         "--precision",
@@ -110,6 +139,12 @@ def get_args_parser():
         "scaling on older GPUs, else fp32",
     )
     optional.add_argument("--compile", action="store_true", help="torch.compile the model (for CUDA runs)")
+    optional.add_argument(
+        "--max_bad_fraction",
+        type=float,
+        default=0.01,
+        help="share of a split's pairs that may fail to load (skipped and reported) before the run stops",
+    )
     return parser
 
 
@@ -117,16 +152,35 @@ def check_args(args):
     for flag in ("batch_size", "epochs", "log_interval"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if min(args.input_size) < 1:
+    if args.input_size is not None and min(args.input_size) < 1:
         raise UserError(f"--input_size must be two positive numbers, got {list(args.input_size)}")
-    if args.lr <= 0 or args.decoder_width <= 0:
-        raise UserError("--lr and --decoder_width must be positive")
+    for flag in ("lr", "decoder_width"):
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:
+            raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
+    if not 0 <= args.max_bad_fraction < 1:
+        raise UserError(f"--max_bad_fraction must be in [0, 1), got {args.max_bad_fraction}")
+
+
+def resolve_settings(args, checkpoint):
+    """Fill in the run's settings left out on the command line: the checkpoint's, else the defaults."""
+    saved = {}
+    if checkpoint is not None:  # the model's own settings are in its config
+        saved = {**checkpoint["args"], **{key: checkpoint["config"][key] for key in ("decoder_width", "input_size")}}
+    for name, default in SETTING_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, saved.get(name, default))
+    args.input_size = tuple(args.input_size)
+    if checkpoint is not None and args.decoder_width != checkpoint["config"]["decoder_width"]:
+        raise UserError(
+            f"--decoder_width {args.decoder_width} differs from the {checkpoint['config']['decoder_width']} of "
+            f"checkpoint {args.checkpoint}; leave the flag out to resume with the checkpoint's"
+        )
 
 
 def build_loaders(args, device):
-    """Training loader (shuffled, augmented) and validation loader (the zip's test split)."""
+    """Training loader (in TrainingOrder, augmented) and validation loader (the zip's test split)."""
     archive = open_training_data(args.data_dir)
     train_set = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
     val_set = NYUDepthDataset(archive, read_pairs(archive, TEST_CSV), augment=False)
@@ -135,10 +189,15 @@ def build_loaders(args, device):
             f"{args.data_dir} has {len(train_set)} training pairs, fewer than --batch_size {args.batch_size}"
         )
     workers = default_workers(device) if args.workers is None else args.workers
-    common = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
-    train_loader = DataLoader(
-        train_set, args.batch_size, shuffle=True, drop_last=True, generator=torch.Generator(), **common
-    )
+    common = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": workers > 0,
+        "collate_fn": collate_pairs,
+        "worker_init_fn": ignore_stop_signals,
+    }
+    order = TrainingOrder(len(train_set), args.seed)
+    train_loader = DataLoader(train_set, args.batch_size, sampler=order, drop_last=True, **common)
     val_loader = DataLoader(val_set, args.batch_size, shuffle=False, **common)
     return train_loader, val_loader
 
@@ -154,6 +213,48 @@ def build_optimizer(model, args, device):
     # The fused kernel updates all parameters in one pass: a few percent of a CPU step.
     fused = device.type in ("cuda", "cpu")
     return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), fused=fused)
+
+
+@dataclass
+class Progress:
+    """How far a run is: epochs completed, and how far into the next one it got."""
+
+    epoch: int = 0
+    samples_done: int = 0  # of epoch + 1, in TrainingOrder
+    loss_sum: float = 0.0  # over the steps done of epoch + 1
+    loss_steps: int = 0
+    best_abs_rel: float = math.inf
+
+    def finish_epoch(self, abs_rel):
+        """Move to the next epoch; returns whether the finished one is the best so far."""
+        is_best = abs_rel < self.best_abs_rel
+        self.epoch += 1
+        self.samples_done, self.loss_sum, self.loss_steps = 0, 0.0, 0
+        self.best_abs_rel = min(self.best_abs_rel, abs_rel)
+        return is_best
+
+
+class SkippedSamples:
+    """Pairs of a split that failed to load: each reported once, the run stopped past a share of the split."""
+
+    def __init__(self, split, num_pairs, max_fraction):
+        self.split = split
+        self.num_pairs = num_pairs
+        self.max_fraction = max_fraction
+        self.limit = math.floor(max_fraction * num_pairs)
+        self.failed = {}
+
+    def add(self, failures):
+        for failure in failures:
+            if failure.names not in self.failed:
+                self.failed[failure.names] = failure.reason
+                tqdm.write(f"skipped {self.split} pair {failure.names[0]}: {failure.reason}")
+        if len(self.failed) > self.limit:
+            raise UserError(
+                f"{len(self.failed)} of the {self.num_pairs} {self.split} pairs failed to load, more than "
+                f"--max_bad_fraction {self.max_fraction} allows ({self.limit}); the first: "
+                f"{next(iter(self.failed.values()))}"
+            )
 
 
 def training_batch(images, depth_m, input_size, device):
@@ -179,52 +280,104 @@ def train_step(model, images, depth_m, criterion, optimizer, scaler, device, dty
     return loss.detach(), pred.detach()
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scaler, device, dtype, epoch, args):
-    """One pass over the training set; returns the mean loss."""
+def train_one_epoch(model, loader, criterion, optimizer, scaler, device, dtype, progress, args, guards):
+    """Train on the rest of epoch progress.epoch + 1, keeping `progress` up to date.
+
+    Returns early, after a whole step, when a stop is requested. Losses are checked
+    at each log line (one device sync per interval, not per step).
+    """
+    stop, skipped = guards
     model.train()
-    # The shuffle order depends on the epoch alone, so a resumed run sees the same order.
-    loader.generator.manual_seed(args.seed + epoch)
-    epoch_loss, interval_loss, interval_metrics = RunningMean(), RunningMean(), DepthMetrics()
-    progress = tqdm(
-        loader, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=args.batch_size, dynamic_ncols=True
+    epoch, steps = progress.epoch + 1, len(loader.dataset) // args.batch_size
+    first_step = progress.samples_done // args.batch_size + 1
+    interval_losses, interval_metrics = [], DepthMetrics()
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch}/{args.epochs}",
+        initial=first_step - 1,
+        total=steps,
+        unit="img",
+        unit_scale=args.batch_size if args.batch_size > 1 else False,
+        dynamic_ncols=True,
     )
-    for step, (images, depth_m) in enumerate(progress, start=1):
-        images, depth_m = training_batch(images, depth_m, args.input_size, device)
-        loss, pred = train_step(model, images, depth_m, criterion, optimizer, scaler, device, dtype)
-        interval_loss.add(loss)
-        interval_metrics.update(target_to_depth_m(pred.float()), depth_m)
-        if step % args.log_interval == 0 or step == len(loader):
-            mean_loss = float(interval_loss.mean)
-            epoch_loss.add(mean_loss, interval_loss.count)
-            train_metrics = interval_metrics.compute("pooled")
-            progress.set_postfix(loss=f"{mean_loss:.4f}")
-            tqdm.write(
-                f"epoch {epoch} step {step}/{len(loader)}: loss {mean_loss:.4f}, "
-                f"delta1 {train_metrics['delta1']:.3f}, abs_rel {train_metrics['abs_rel']:.3f}"
-            )
-            interval_loss.reset()
-            interval_metrics = DepthMetrics()
-    return epoch_loss.mean
+    for step, (images, depth_m, failures) in enumerate(bar, start=first_step):
+        skipped.add(failures)
+        if images is not None:
+            images, depth_m = training_batch(images, depth_m, args.input_size, device)
+            loss, pred = train_step(model, images, depth_m, criterion, optimizer, scaler, device, dtype)
+            interval_losses.append((step, loss))
+            interval_metrics.update(target_to_depth_m(pred.float()), depth_m)
+        progress.samples_done += args.batch_size
+        if step % args.log_interval == 0 or step == steps or stop.requested:
+            report_interval(interval_losses, interval_metrics, epoch, step, steps, progress, args)
+            bar.set_postfix(loss=f"{progress.loss_sum / max(progress.loss_steps, 1):.4f}")
+            interval_losses, interval_metrics = [], DepthMetrics()
+        if stop.requested:
+            return
 
 
-def validate(model, loader, args, device, dtype):
-    """Metrics on the zip's test split by the evaluation protocol, inside the Eigen crop."""
+def report_interval(losses, metrics, epoch, step, steps, progress, args):
+    """Check the interval's losses are finite, add them to the epoch's, and print a line."""
+    if not losses:
+        return
+    values = torch.stack([loss for _, loss in losses]).float().cpu()
+    finite = torch.isfinite(values)
+    if not finite.all():
+        bad_step = losses[int((~finite).nonzero()[0])][0]
+        raise UserError(
+            f"the loss became {values[~finite][0].item()} at epoch {epoch} step {bad_step}; the run stopped "
+            f"without saving, {last_good_checkpoint(args)} (try a lower --lr, or look for broken pairs)"
+        )
+    progress.loss_sum += float(values.sum())
+    progress.loss_steps += len(losses)
+    train_metrics = metrics.compute("pooled")
+    tqdm.write(
+        f"epoch {epoch} step {step}/{steps}: loss {values.mean():.4f}, "
+        f"delta1 {train_metrics['delta1']:.3f}, abs_rel {train_metrics['abs_rel']:.3f}"
+    )
+
+
+def last_good_checkpoint(args):
+    path = Path(args.checkpoint_dir) / "last.pth"
+    if path.is_file():
+        return f"keeping the last good checkpoint {path}"
+    return "and no checkpoint had been written yet"
+
+
+def validate(model, loader, args, device, dtype, guards):
+    """Metrics on the zip's test split by the evaluation protocol, inside the Eigen crop;
+    None if a stop was requested before the end."""
+    stop, skipped = guards
+
+    def batches():
+        for images, depth_m, failures in loader:
+            skipped.add(failures)
+            if stop.requested:
+                return
+            if images is not None:
+                yield images, depth_m
+
     metrics = evaluate_protocol(
-        model, loader, args.input_size, None, device, dtype, total=len(loader), desc="validating"
+        model, batches(), args.input_size, None, device, dtype, total=len(loader), desc="validating"
     )
-    return metrics.compute("per_image")
+    return None if stop.requested else metrics.compute("per_image")
 
 
-def make_checkpoint(model, optimizer, scaler, epoch, args, val_metrics, best_abs_rel):
+def make_checkpoint(model, optimizer, scaler, progress, args, val_metrics):
+    """Everything to resume the run exactly and to use the model; refuses weights that are not finite."""
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+        raise UserError(
+            f"the weights are no longer finite; the run stopped without saving, {last_good_checkpoint(args)}"
+        )
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "args": {key: list(value) if isinstance(value, tuple) else value for key, value in vars(args).items()},
-        "config": {"decoder_width": model.decoder_width, "input_size": list(args.input_size)},
+        **asdict(progress),
         "val_metrics": val_metrics,
-        "best_abs_rel": best_abs_rel,
+        "rng": rng_states(),
+        "args": {key: list(value) if isinstance(value, tuple) else value for key, value in vars(args).items()},
+        "config": model_config(model, args.input_size),
         "versions": {
             "torch": str(torch.__version__),
             "torchvision": str(torchvision.__version__),
@@ -233,12 +386,59 @@ def make_checkpoint(model, optimizer, scaler, epoch, args, val_metrics, best_abs
     }
 
 
+def resume(checkpoint, optimizer, scaler, args):
+    """Restore the optimizer, scaler and random generators; returns the run's Progress."""
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
+    if "rng" in checkpoint:
+        set_rng_states(checkpoint["rng"])
+    fields = {key: checkpoint[key] for key in Progress.__dataclass_fields__ if key in checkpoint}
+    progress = Progress(**fields)
+    position = f"epoch {progress.epoch + 1}, sample {progress.samples_done}" if progress.samples_done else ""
+    print(f"resumed from {args.checkpoint} after epoch {progress.epoch}" + (f" ({position})" if position else ""))
+    return progress
+
+
+def resume_command(args, path):
+    """The command line that resumes this run from checkpoint `path`."""
+    flags = ["--data_dir", args.data_dir, "--batch_size", args.batch_size, "--checkpoint_dir", args.checkpoint_dir]
+    flags += ["--epochs", args.epochs, "--checkpoint", path]
+    return "python train.py " + shlex.join(str(flag) for flag in flags)
+
+
+def stop_run(stop, state, progress, args):
+    """Save the state of a run stopped by a signal and raise Stopped with how to resume it."""
+    path = Path(args.checkpoint_dir) / "last.pth"
+    save_checkpoint(state, path)
+    raise Stopped(
+        f"stopped by {stop.signal.name} in epoch {progress.epoch + 1} after step "
+        f"{progress.samples_done // args.batch_size}; saved {path}. "
+        f"Resume with: {resume_command(args, path)}",
+        stop.exit_code,
+    )
+
+
+def end_epoch(model, optimizer, scaler, progress, args, val_metrics, seconds):
+    """Report the finished epoch and save it as last.pth, and as best.pth when its abs rel is the lowest yet."""
+    epoch, train_loss = progress.epoch + 1, progress.loss_sum / max(progress.loss_steps, 1)
+    is_best = progress.finish_epoch(val_metrics["abs_rel"])
+    print(f"epoch {epoch}: train loss {train_loss:.4f}, {seconds:.0f} s; test split (per image):")
+    print(format_table(val_metrics))
+    state = make_checkpoint(model, optimizer, scaler, progress, args, val_metrics)
+    save_checkpoint(state, Path(args.checkpoint_dir) / "last.pth")
+    if is_best:
+        save_checkpoint(state, Path(args.checkpoint_dir) / "best.pth")
+
+
 def main(args):
     check_args(args)
+    checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    resolve_settings(args, checkpoint)
+    remove_partial_writes(args.checkpoint_dir, "*.pth")
     seed_everything(args.seed)
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
-    checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
     train_loader, val_loader = build_loaders(args, device)
     model = build_model(args, checkpoint).to(device, memory_format=torch.channels_last)
     # The compiled wrapper runs the steps; checkpoints hold the plain model's weights.
@@ -247,32 +447,31 @@ def main(args):
     optimizer = build_optimizer(model, args, device)
     # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    start_epoch, best_abs_rel = 1, math.inf
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, best_abs_rel = checkpoint["epoch"] + 1, checkpoint["best_abs_rel"]
-        print(f"resumed from {args.checkpoint} after epoch {checkpoint['epoch']}")
+    progress = resume(checkpoint, optimizer, scaler, args) if checkpoint is not None else Progress()
     print(
         f"DenseDepth, decoder width {model.decoder_width}, {count_parameters(model) / 1e6:.2f} M parameters, "
-        f"on {device} in {precision_name(dtype)}; {len(train_loader.dataset)} training pairs, {len(val_loader.dataset)} test pairs, "
-        f"input {args.input_size[0]}x{args.input_size[1]}"
+        f"on {device} in {precision_name(dtype)}; {len(train_loader.dataset)} training pairs, "
+        f"{len(val_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}"
     )
+    skipped_train = SkippedSamples("training", len(train_loader.dataset), args.max_bad_fraction)
+    skipped_val = SkippedSamples("test", len(val_loader.dataset), args.max_bad_fraction)
 
-    for epoch in range(start_epoch, args.epochs + 1):
-        started = time.time()
-        train_loss = train_one_epoch(step_model, train_loader, criterion, optimizer, scaler, device, dtype, epoch, args)
-        val_metrics = validate(step_model, val_loader, args, device, dtype)
-        is_best = val_metrics["abs_rel"] < best_abs_rel
-        best_abs_rel = min(best_abs_rel, val_metrics["abs_rel"])
-        print(f"epoch {epoch}: train loss {train_loss:.4f}, {time.time() - started:.0f} s; test split (per image):")
-        print(format_table(val_metrics))
-        state = make_checkpoint(model, optimizer, scaler, epoch, args, val_metrics, best_abs_rel)
-        save_checkpoint(state, f"{args.checkpoint_dir}/last.pth")
-        if is_best:
-            save_checkpoint(state, f"{args.checkpoint_dir}/best.pth")
-    print(f"done; checkpoints in {args.checkpoint_dir} (last.pth, best.pth with abs rel {best_abs_rel:.4f})")
+    if progress.epoch >= args.epochs:
+        print(f"{args.checkpoint} has finished {progress.epoch} epochs already; raise --epochs to train on")
+    with GracefulStop() as stop:
+        for epoch in range(progress.epoch + 1, args.epochs + 1):
+            started = time.time()
+            train_loader.sampler.start(epoch, progress.samples_done)
+            train_one_epoch(
+                step_model, train_loader, criterion, optimizer, scaler, device, dtype, progress, args,
+                (stop, skipped_train),
+            )  # fmt: skip
+            if not stop.requested:
+                val_metrics = validate(step_model, val_loader, args, device, dtype, (stop, skipped_val))
+            if stop.requested:  # in training or validation: save where the run is, say how to go on
+                stop_run(stop, make_checkpoint(model, optimizer, scaler, progress, args, None), progress, args)
+            end_epoch(model, optimizer, scaler, progress, args, val_metrics, time.time() - started)
+    print(f"done; checkpoints in {args.checkpoint_dir} (last.pth, best.pth with abs rel {progress.best_abs_rel:.4f})")
 
 
 if __name__ == "__main__":

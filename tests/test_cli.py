@@ -49,7 +49,16 @@ def test_train_writes_last_and_best_checkpoints(trained):
     assert "epoch 1 step 2/2: loss" in result.stdout and "abs_rel" in result.stdout
     checkpoint = torch.load(checkpoint_dir / "last.pth", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 1
-    assert checkpoint["config"] == {"decoder_width": 0.0625, "input_size": [64, 64]}
+    assert checkpoint["config"] == {
+        "architecture": "DenseDepth",
+        "encoder": "densenet169",
+        "decoder_width": 0.0625,
+        "input_size": [64, 64],
+        "depth_target": "1000 / depth_cm",
+        "min_depth_m": 0.1,
+        "max_depth_m": 10.0,
+    }
+    assert checkpoint["samples_done"] == 0 and {"rng", "scaler"} <= set(checkpoint)
     assert set(checkpoint["val_metrics"]) >= {"delta1", "abs_rel", "rms", "log10"}
     assert {"model", "optimizer", "args", "versions"} <= set(checkpoint)
     assert (checkpoint_dir / "best.pth").is_file()
