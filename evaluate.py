@@ -140,15 +140,29 @@ def evaluate_zip(model, input_size, args, device, dtype):
 
 
 def load_picture(path):
-    """A picture as a (1, 3, H, W) tensor in [0, 1], upright (EXIF orientation applied), any mode -> RGB."""
+    """A picture as a (1, 3, H, W) uint8 tensor, upright (EXIF orientation applied).
+
+    Any mode becomes RGB: grayscale is repeated, alpha dropped, palette and CMYK
+    converted, and 16-bit or float grayscale scaled to 8 bits (PIL would clip it).
+    """
     try:
         with Image.open(path) as picture:
-            rgb = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))
+            rgb = rgb_array(ImageOps.exif_transpose(picture))
     except FileNotFoundError as err:
         raise UserError(f"--img {path} does not exist") from err
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise UserError(f"--img {path} is not a picture that can be read ({err})") from err
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+
+
+def rgb_array(picture):
+    """A PIL picture of any mode as an (H, W, 3) uint8 array."""
+    if picture.mode.startswith("I") or picture.mode == "F":
+        values = np.asarray(picture, dtype=np.float32)
+        full_scale = 65535.0 if picture.mode.startswith("I") else max(1.0, float(values.max()))
+        gray = np.clip(np.rint(values / full_scale * 255), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.array(picture.convert("RGB"))
 
 
 def network_size(picture_size, trained_size):
