@@ -36,6 +36,7 @@ from utils import (
     load_checkpoint,
     precision_name,
     run_main,
+    writable_dir,
 )
 
 
@@ -197,6 +198,7 @@ def main(args):
         raise UserError("give exactly one of --data (a test zip) and --img (a picture)")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    writable_dir(args.output_dir, "--output_dir")
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
     model, input_size = load_model(args.model, device)

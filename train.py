@@ -81,6 +81,7 @@ from utils import (
     save_checkpoint,
     seed_everything,
     set_rng_states,
+    writable_dir,
 )
 
 # Settings that define a run. Left out on the command line, they are the checkpoint's when
@@ -435,7 +436,7 @@ def main(args):
     check_args(args)
     checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
     resolve_settings(args, checkpoint)
-    remove_partial_writes(args.checkpoint_dir, "*.pth")
+    remove_partial_writes(writable_dir(args.checkpoint_dir, "--checkpoint_dir"), "*.pth")
     seed_everything(args.seed)
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)

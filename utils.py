@@ -189,22 +189,29 @@ def _as_tuples(value):
 @contextlib.contextmanager
 def atomic_write(path):
     """Open a temporary file beside `path` for binary writing; on success it is flushed to disk
-    and renamed over `path`, on failure removed: `path` is never left half-written."""
+    and renamed over `path`, on failure removed: `path` is never left half-written.
+
+    A write that fails (a full disk, no permission) becomes a UserError naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
         with os.fdopen(fd, "wb") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+    except BaseException as err:
+        if tmp_name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+        if isinstance(err, OSError):
+            raise UserError(f"{path} could not be written ({err.strerror or err}); any earlier copy is intact") from err
         raise
 
 
@@ -218,15 +225,32 @@ def remove_partial_writes(directory, pattern):
                 leftover.unlink()
 
 
+def writable_dir(path, flag):
+    """Create directory `path` if needed and check it can be written in, before hours of work go into it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag} {path} cannot be created ({err.strerror or err})") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} is not writable")
+    return path
+
+
 def save_checkpoint(state, path):
     """torch.save that never leaves a half-written checkpoint behind."""
     with atomic_write(path) as file:
-        torch.save(state, file)
+        try:
+            torch.save(state, file)
+        except RuntimeError as err:  # torch reports a failed write (a full disk) as a RuntimeError
+            raise OSError(f"torch.save failed: {str(err).strip().splitlines()[0]}") from err
 
 
 def load_checkpoint(path):
     """Load a checkpoint dict onto the CPU, without running pickled code."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:

@@ -104,6 +104,15 @@ def test_evaluation_flags_that_make_no_sense(tmp_path, capsys, flags, needle):
     assert_one_clear_line(result, needle)
 
 
+def test_output_places_that_cannot_be_written(tiny_zips, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("in the way")
+    result = run_script(train, train_argv(tiny_zips[0], tmp_path / "a_file"), capsys)
+    assert_one_clear_line(result, "--checkpoint_dir", "a_file cannot be created")
+    argv = ["--model", tmp_path / "m.pth", "--img", "b.png", "--output_dir", tmp_path / "a_file" / "out"]
+    assert_one_clear_line(run_script(evaluate, argv, capsys), "--output_dir", "cannot be created")
+    assert (tmp_path / "a_file").read_text() == "in the way"
+
+
 # ----------------------------------------------------------------------------- the training zip
 
 
@@ -307,6 +316,7 @@ def test_checkpoints_missing_truncated_foreign_or_of_another_width(tiny_checkpoi
     Image.new("RGB", (32, 24)).save(picture)
     for path, needle in (
         (tmp_path / "absent.pth", "absent.pth does not exist"),
+        (tmp_path, "is a directory, not a checkpoint file"),
         (tmp_path / "truncated.pth", "truncated.pth could not be read as a checkpoint of this project"),
         (tmp_path / "notes.pth", "notes.pth could not be read as a checkpoint of this project"),
         (tmp_path / "foreign.pth", "foreign.pth is not a checkpoint of this project"),

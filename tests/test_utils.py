@@ -1,3 +1,4 @@
+import errno
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ from utils import (
     save_checkpoint,
     seed_everything,
     set_rng_states,
+    writable_dir,
 )
 
 
@@ -32,6 +34,38 @@ def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
             raise RuntimeError("killed half-way")
     assert path.read_bytes() == b"first"
     assert os.listdir(path.parent) == ["file.bin"]  # no temporary file left behind
+
+
+def test_a_failed_write_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "config": {}, "args": {}}, path)
+    before = path.read_bytes()
+
+    def disk_full(file):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", disk_full)
+        with pytest.raises(UserError, match="last.pth could not be written \\(No space left on device\\)"):
+            save_checkpoint({"model": {"w": torch.zeros(2)}, "config": {}, "args": {}}, path)
+
+    def torch_write_fails(state, file):
+        file.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 400704 vs 598")
+
+    monkeypatch.setattr(torch, "save", torch_write_fails)
+    with pytest.raises(UserError, match="last.pth could not be written \\(torch.save failed: \\[enforce fail"):
+        save_checkpoint({"model": {}}, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_output_directories_are_checked_before_the_work(tmp_path):
+    assert writable_dir(tmp_path / "a" / "b", "--output_dir").is_dir()
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(UserError, match="--checkpoint_dir .*file cannot be created"):
+        writable_dir(tmp_path / "file", "--checkpoint_dir")
+    with pytest.raises(UserError, match="is a directory, not a checkpoint file"):
+        load_checkpoint(tmp_path)
 
 
 def _umask():
