@@ -152,14 +152,23 @@ def model_from_checkpoint(checkpoint, source):
             raise UserError(f"checkpoint {source} has {key} {config[key]!r}; this code's model has {value!r}")
     width = config["decoder_width"]
     model = DenseDepth(width)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
-        raise UserError(
-            f"checkpoint {source} does not fit a DenseDepth model with decoder width {width} "
-            f"({str(err).strip().splitlines()[0]})"
-        ) from err
+    mismatch = _state_mismatch(model.state_dict(), checkpoint["model"])
+    if mismatch:
+        raise UserError(f"checkpoint {source} does not fit a DenseDepth model with decoder width {width}: {mismatch}")
+    model.load_state_dict(checkpoint["model"])
     return model
+
+
+def _state_mismatch(expected, found):
+    """What first differs between two state dicts, in words; '' if they match in names and shapes."""
+    missing, unexpected = expected.keys() - found.keys(), found.keys() - expected.keys()
+    if missing or unexpected:
+        example = f"{min(missing)} is missing" if missing else f"{min(unexpected)} is not in the model"
+        return f"{len(missing)} weights missing and {len(unexpected)} unexpected, e.g. {example}"
+    for name, tensor in expected.items():
+        if found[name].shape != tensor.shape:
+            return f"{name} is {tuple(found[name].shape)} in the checkpoint, {tuple(tensor.shape)} in the model"
+    return ""
 
 
 def pad_to_multiple(image, multiple):

@@ -6,6 +6,7 @@ import random
 import signal
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,22 @@ def save_checkpoint(state, path):
             raise OSError(f"torch.save failed: {str(err).strip().splitlines()[0]}") from err
 
 
+def _unreadable_reason(path, err):
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # neither torch's zip nor its legacy pickle
+        return "it is not a PyTorch checkpoint file"
+    if magic == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return "it is truncated (its zip directory is missing)"
+    if "Weights only load failed" in str(err):
+        return (
+            "it holds Python objects besides tensors, numbers and strings, and opening those could run "
+            "code; this project's checkpoints never do (torch.load(..., weights_only=False) opens it, "
+            "if you trust where it came from)"
+        )
+    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+
+
 def load_checkpoint(path):
     """Load a checkpoint dict onto the CPU, without running pickled code."""
     path = Path(path)
@@ -256,8 +273,7 @@ def load_checkpoint(path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged or foreign file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"checkpoint {path} could not be read as a checkpoint of this project ({reason})") from err
+        raise UserError(f"checkpoint {path} could not be read: {_unreadable_reason(path, err)}") from err
     if not isinstance(checkpoint, dict) or not {"model", "config", "args"} <= checkpoint.keys():
         raise UserError(f"checkpoint {path} is not a checkpoint of this project (no model weights and settings)")
     return checkpoint

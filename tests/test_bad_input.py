@@ -317,8 +317,8 @@ def test_checkpoints_missing_truncated_foreign_or_of_another_width(tiny_checkpoi
     for path, needle in (
         (tmp_path / "absent.pth", "absent.pth does not exist"),
         (tmp_path, "is a directory, not a checkpoint file"),
-        (tmp_path / "truncated.pth", "truncated.pth could not be read as a checkpoint of this project"),
-        (tmp_path / "notes.pth", "notes.pth could not be read as a checkpoint of this project"),
+        (tmp_path / "truncated.pth", "truncated.pth could not be read: it is truncated (its zip directory is missing)"),
+        (tmp_path / "notes.pth", "notes.pth could not be read: it is not a PyTorch checkpoint file"),
         (tmp_path / "foreign.pth", "foreign.pth is not a checkpoint of this project"),
         (tmp_path / "edited.pth", "edited.pth does not fit a DenseDepth model with decoder width 0.125"),
     ):
@@ -342,5 +342,5 @@ def test_a_checkpoint_cannot_run_code_when_opened(tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(tmp_path)
     torch.save({"model": {}, "config": {}, "args": {}, "payload": _RunsCode()}, tmp_path / "evil.pth")
     result = run_script(evaluate, ["--model", tmp_path / "evil.pth", "--img", "photo.png"], capsys)
-    assert_one_clear_line(result, "evil.pth could not be read as a checkpoint of this project")
+    assert_one_clear_line(result, "evil.pth could not be read: it holds Python objects besides tensors")
     assert not (tmp_path / "PWNED").exists()
