@@ -265,7 +265,7 @@ class NYUDepthDataset(Dataset):
         index, augment_seed = item if isinstance(item, tuple) else (item, None)
         try:
             image, depth_m = self.load_pair(index)
-        except (DecodeError, zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+        except DecodeError as err:
             return FailedSample(self.pairs[index], str(err))
         if self.augment:
             generator = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
@@ -275,20 +275,25 @@ class NYUDepthDataset(Dataset):
     def load_pair(self, index):
         """The decoded pair `index`; raises DecodeError naming the entry that is wrong."""
         rgb_name, depth_name = self.pairs[index]
-        try:
-            image = decode_rgb(self.archive.read(rgb_name))
-        except DecodeError as err:
-            raise DecodeError(f"{rgb_name} {err}") from err
-        try:
-            depth_m = decode_depth_png(self.archive.read(depth_name))
-        except DecodeError as err:
-            raise DecodeError(f"{depth_name} {err}") from err
+        image = self._decoded(decode_rgb, rgb_name)
+        depth_m = self._decoded(decode_depth_png, depth_name)
         if image.shape[-2:] != depth_m.shape[-2:]:
             raise DecodeError(
                 f"{rgb_name} is {image.shape[-1]}x{image.shape[-2]} but its depth {depth_name} is "
                 f"{depth_m.shape[-1]}x{depth_m.shape[-2]}; a pair must have one size"
             )
         return image, depth_m
+
+    def _decoded(self, decode, name):
+        """decode() of entry `name`; a damaged entry or one that does not decode is a DecodeError naming it."""
+        try:
+            data = self.archive.read(name)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+            raise DecodeError(f"{name} could not be read from {self.archive.path} ({err})") from err
+        try:
+            return decode(data)
+        except DecodeError as err:
+            raise DecodeError(f"{name} {err}") from err
 
 
 class FailedSample(NamedTuple):

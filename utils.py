@@ -248,6 +248,8 @@ def save_checkpoint(state, path):
 
 
 def _unreadable_reason(path, err):
+    if isinstance(err, OSError) and err.strerror:  # no permission, an I/O error
+        return err.strerror
     with open(path, "rb") as file:
         magic = file.read(4)
     if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # neither torch's zip nor its legacy pickle
