@@ -176,7 +176,7 @@ def bad_pair_zips(train_zip, tmp_path):
         ("undecodable picture", rewrite_zip(train_zip, tmp_path / "rgb.zip", {rgb_name: b"garbage"}), [rgb_name, "does not decode as a picture"]),
         ("truncated picture", rewrite_zip(train_zip, tmp_path / "cut.zip", {rgb_name: jpeg[: len(jpeg) // 2]}), [rgb_name, "truncated"]),
         ("sizes differ", rewrite_zip(train_zip, tmp_path / "size.zip", {depth_name: small_depth}), [f"{rgb_name} is {width}x{height} but its depth {depth_name} is {width // 2}x{height // 2}"]),
-        ("RGB depth", rewrite_zip(train_zip, tmp_path / "mode.zip", {depth_name: rgb_depth}), [depth_name, "is a 8-bit RGB PNG; depth must be 8-bit grayscale (value / 255 x 10 m) or 16-bit grayscale (millimetres)"]),
+        ("RGB depth", rewrite_zip(train_zip, tmp_path / "mode.zip", {depth_name: rgb_depth}), [depth_name, "is an 8-bit RGB PNG; depth must be 8-bit grayscale (value / 255 x 10 m) or 16-bit grayscale (millimetres)"]),
         ("palette depth", rewrite_zip(train_zip, tmp_path / "pal.zip", {depth_name: palette.getvalue()}), [depth_name, "palette PNG"]),
         ("JPEG depth", rewrite_zip(train_zip, tmp_path / "jpg.zip", {depth_name: jpeg}), [depth_name, "is not a PNG"]),
         ("CRC error", tmp_path / "crc.zip", ["Bad CRC-32", rgb_name]),
