@@ -192,7 +192,7 @@ def decode_depth_png(data):
     bit_depth, colour_type = data[24], data[25]
     if colour_type != 0 or bit_depth not in (8, 16):
         kind = f"{bit_depth}-bit {_PNG_COLOUR_TYPES.get(colour_type, f'colour type {colour_type}')}"
-        article = "an" if kind.startswith(("8", "11", "18")) else "a"
+        article = "an" if bit_depth == 8 else "a"  # PNG bit depths are 1, 2, 4, 8 and 16
         raise DecodeError(f"is {article} {kind} PNG; depth must be {DEPTH_PNG_MODES}")
     depth = decode_picture(data, rgb=False)
     if depth.dtype == torch.uint8:
