@@ -66,6 +66,7 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_the_same_weights(
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_step", step_with_ctrl_c)
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Stopped) as stopped:
         train_in_process(tiny_zips[0], tmp_path, 2, "--workers", 0)
     assert stopped.value.exit_code == 130
@@ -73,7 +74,7 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_the_same_weights(
     assert f"--checkpoint {tmp_path / 'last.pth'}" in str(stopped.value)
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
     assert (saved["epoch"], saved["samples_done"], saved["loss_steps"]) == (1, 4, 2)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers given back
     monkeypatch.setattr(train, "train_step", real_step)
     # Two workers this time: the batches and their augmentation do not depend on the worker count.
     resumed = train_in_process(tiny_zips[0], tmp_path, 2, "--workers", 2, "--checkpoint", tmp_path / "last.pth")
@@ -169,7 +170,8 @@ import sys, torch
 sys.path.insert(0, {root!r})
 from utils import save_checkpoint
 states = [{{"model": {{"w": torch.full((4_000_000,), float(i))}}, "config": {{}}, "args": {{}}}} for i in range(2)]
-print("ready", flush=True)
+save_checkpoint(states[1], {path!r})
+print("ready", flush=True)  # a whole checkpoint exists: every kill from now on can only hit a later save
 i = 0
 while True:
     save_checkpoint(states[i % 2], {path!r})
