@@ -13,6 +13,15 @@ from sample_data import write_sample_data  # noqa: E402
 TINY_SIZE = (48, 64)  # height, width
 
 
+def tiny_train_argv(data, checkpoint_dir, *extra, epochs=1, batch_size=4):
+    """train.py's flags (strings) for a tiny CPU run at 64x64; a new run (no --checkpoint among
+    `extra`) gets a narrow decoder, a resumed one the checkpoint's. Later flags win."""
+    argv = ["--data_dir", data, "--checkpoint_dir", checkpoint_dir, "--epochs", epochs, "--batch_size", batch_size]
+    argv += ["--input_size", 64, 64, "--no_pretrained"]
+    argv += [] if "--checkpoint" in extra else ["--decoder_width", 0.0625]
+    return [str(arg) for arg in argv + list(extra)]
+
+
 def pytest_configure(config):
     # data.py silences this at import, but pytest resets warning filters for each test.
     config.addinivalue_line(

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SIZE
+from conftest import TINY_SIZE, tiny_train_argv
 from PIL import Image
 
 import evaluate
@@ -20,7 +20,6 @@ from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, TRAIN_CSV, encode_picture, 
 from utils import run_main
 
 PROGRESS_BAR = re.compile(r"\d+/\d+ \[[\d:?]+<")
-TRAIN_FLAGS = ["--input_size", "64", "64", "--no_pretrained", "--workers", "0"]
 
 
 def run_script(script, argv, capsys):
@@ -46,10 +45,7 @@ def assert_one_clear_line(result, *needles):
 
 
 def train_argv(data, checkpoint_dir, *extra, epochs=1, batch_size=4):
-    """train.py's flags for a tiny run; a new run (no --checkpoint among `extra`) gets a narrow decoder."""
-    required = ["--data_dir", data, "--checkpoint_dir", checkpoint_dir, "--epochs", epochs, "--batch_size", batch_size]
-    width = [] if "--checkpoint" in extra else ["--decoder_width", "0.0625"]
-    return required + TRAIN_FLAGS + width + list(extra)
+    return tiny_train_argv(data, checkpoint_dir, "--workers", 0, *extra, epochs=epochs, batch_size=batch_size)
 
 
 def rewrite_zip(source, target, replace=None, drop=()):

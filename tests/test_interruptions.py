@@ -13,22 +13,21 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_SIZE
+from conftest import ROOT, TINY_SIZE, tiny_train_argv
 
 import evaluate
 import train
 from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, write_npy_member
 from utils import Stopped, UserError, load_checkpoint, save_checkpoint
 
-# 8 training pairs in batches of 2: 4 steps an epoch.
-FLAGS = ["--batch_size", "2", "--input_size", "64", "64", "--no_pretrained", "--log_interval", "1"]
+
+def run_argv(data, checkpoint_dir, epochs, *extra):
+    # 8 training pairs in batches of 2: 4 steps an epoch, each logged.
+    return tiny_train_argv(data, checkpoint_dir, "--log_interval", 1, *extra, epochs=epochs, batch_size=2)
 
 
 def train_in_process(data, checkpoint_dir, epochs, *extra):
-    argv = ["--data_dir", str(data), "--checkpoint_dir", str(checkpoint_dir), "--epochs", str(epochs), *FLAGS]
-    if "--checkpoint" not in extra:
-        argv += ["--decoder_width", "0.0625"]
-    train.main(train.get_args_parser().parse_args(argv + [str(flag) for flag in extra]))
+    train.main(train.get_args_parser().parse_args(run_argv(data, checkpoint_dir, epochs, *extra)))
     return torch.load(checkpoint_dir / "last.pth", map_location="cpu", weights_only=True)
 
 
@@ -103,8 +102,7 @@ def test_a_stop_during_validation_resumes_with_the_validation(straight_run, tiny
 
 def test_sigterm_to_the_whole_process_group_with_workers(straight_run, tiny_zips, tmp_path):
     # As a job scheduler does: SIGTERM to the main process and its DataLoader workers at once.
-    argv = ["--data_dir", tiny_zips[0], "--checkpoint_dir", tmp_path, "--epochs", 2, *FLAGS]
-    argv += ["--decoder_width", 0.0625, "--workers", 2]
+    argv = run_argv(tiny_zips[0], tmp_path, 2, "--workers", 2)
     process = subprocess.Popen(
         [sys.executable, "train.py", *map(str, argv)],
         cwd=ROOT,
