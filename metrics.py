@@ -20,6 +20,8 @@ import torch
 
 METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rms", "log10", "sq_rel", "rms_log")
 AGGREGATIONS = ("per_image", "pooled")
+SEED_COLUMNS = METRIC_NAMES[:6]  # the seed README's table: delta1 delta2 delta3 rel rms log10
+COLUMN_TITLES = {"abs_rel": "rel"}  # as the seed README's table heads it
 LOWER_IS_BETTER = {"abs_rel", "rms", "log10", "sq_rel", "rms_log"}
 # Per-pixel terms summed over valid pixels; rms and rms_log take a root at the end.
 _TERMS = ("delta1", "delta2", "delta3", "abs_rel", "sq_err", "log10", "sq_rel", "sq_log_err")
@@ -123,11 +125,15 @@ def crop(tensor, crop_box):
 
 
 def format_table(values, markdown=False):
-    """Metrics as a two-line table (names, values) in the seed README's column order."""
-    names = [name for name in METRIC_NAMES if name in values]
-    cells = [f"{values[name]:.4f}" for name in names]
-    if markdown:
-        rows = [names, ["---"] * len(names), cells]
+    """Metrics as a two-line table (titles, values) in the seed README's column order (delta1 delta2
+    delta3 rel rms log10), then sq_rel and rms_log; as Markdown, only the seed's six columns, each
+    title with its better direction, ready to paste into a README."""
+    names = [name for name in (SEED_COLUMNS if markdown else METRIC_NAMES) if name in values]
+    titles = [COLUMN_TITLES.get(name, name) for name in names]
+    if markdown:  # three decimals, as the published tables
+        titles = [f"{title} {'↓' if name in LOWER_IS_BETTER else '↑'}" for title, name in zip(titles, names)]
+        rows = [titles, ["---"] * len(names), [f"{values[name]:.3f}" for name in names]]
         return "\n".join("| " + " | ".join(row) + " |" for row in rows)
-    widths = [max(len(n), len(c)) for n, c in zip(names, cells)]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in (names, cells))
+    cells = [f"{values[name]:.4f}" for name in names]
+    widths = [max(len(t), len(c)) for t, c in zip(titles, cells)]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in (titles, cells))

@@ -16,8 +16,10 @@ import math
 
 import numpy as np
 
+from visualize import NYU_INTRINSICS
+
 # NYU Depth v2 RGB camera at 640x480, in pixels.
-NYU_FX, NYU_FY, NYU_CX, NYU_CY = 518.8579, 519.4696, 325.5824, 253.7362
+NYU_FX, NYU_FY, NYU_CX, NYU_CY = NYU_INTRINSICS
 MAX_DEPTH_M = 10.0
 EPS = 1e-4
 

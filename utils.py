@@ -216,6 +216,12 @@ def atomic_write(path):
         raise
 
 
+def write_bytes(path, data):
+    """Write a whole file at once through atomic_write."""
+    with atomic_write(path) as file:
+        file.write(data)
+
+
 def remove_partial_writes(directory, pattern):
     """Delete the temporary files atomic_write left in `directory` for files matching `pattern`
     when its process was killed mid-write (a SIGKILL, a power cut)."""
@@ -279,15 +285,3 @@ def load_checkpoint(path):
     if not isinstance(checkpoint, dict) or not {"model", "config", "args"} <= checkpoint.keys():
         raise UserError(f"checkpoint {path} is not a checkpoint of this project (no model weights and settings)")
     return checkpoint
-
-
-def colorize_depth(depth_m, vmin=None, vmax=None, cmap="plasma"):
-    """(H, W) depth -> (H, W, 3) uint8 colour picture; the range defaults to the map's own min..max."""
-    import matplotlib
-
-    depth_m = np.asarray(depth_m, dtype=np.float32)
-    vmin = float(np.nanmin(depth_m)) if vmin is None else vmin
-    vmax = float(np.nanmax(depth_m)) if vmax is None else vmax
-    scaled = (depth_m - vmin) / max(vmax - vmin, 1e-6)
-    rgba = matplotlib.colormaps[cmap](np.clip(scaled, 0, 1))
-    return (rgba[..., :3] * 255).round().astype(np.uint8)

@@ -74,5 +74,7 @@ def test_crop_keeps_both_ends():
 def test_table_lists_the_seed_columns_first():
     values = dict.fromkeys(METRIC_NAMES, 0.5)
     header = format_table(values).splitlines()[0].split()
-    assert header[:6] == ["delta1", "delta2", "delta3", "abs_rel", "rms", "log10"]
-    assert format_table(values, markdown=True).startswith("| delta1 |")
+    assert header == ["delta1", "delta2", "delta3", "rel", "rms", "log10", "sq_rel", "rms_log"]
+    markdown = format_table(values, markdown=True).splitlines()
+    assert markdown[0] == "| delta1 ↑ | delta2 ↑ | delta3 ↑ | rel ↓ | rms ↓ | log10 ↓ |"
+    assert markdown[2] == "| 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |"

@@ -12,7 +12,6 @@ from utils import (
     UserError,
     atomic_write,
     choose_device,
-    colorize_depth,
     load_checkpoint,
     rng_states,
     save_checkpoint,
@@ -97,17 +96,6 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA"):
             choose_device("cuda")
-
-
-def test_colorize_depth():
-    depth = np.linspace(0.5, 5, 12, dtype=np.float32).reshape(3, 4)
-    picture = colorize_depth(depth)
-    assert picture.shape == (3, 4, 3) and picture.dtype == np.uint8
-    assert not np.array_equal(picture[0, 0], picture[-1, -1])  # near and far get different colours
-    # with a fixed range, 5 m gets the same colour in any map; with the map's own range it need not
-    wide, narrow = np.array([[1.0, 5.0, 9.0]]), np.array([[4.0, 5.0, 8.0]])
-    assert np.array_equal(colorize_depth(wide, 0, 10)[0, 1], colorize_depth(narrow, 0, 10)[0, 1])
-    assert not np.array_equal(colorize_depth(wide)[0, 1], colorize_depth(narrow)[0, 1])
 
 
 def test_graceful_stop_asks_once_then_interrupts(capsys):
