@@ -1,9 +1,12 @@
-"""Evaluate a trained DenseDepth model on the Eigen test split, or predict the depth of a picture.
+"""Evaluate a trained DenseDepth model on the Eigen test split, or predict the depth of pictures.
 
-Evaluation on the Eigen test zip (nyu_test.zip) by the DenseDepth protocol:
-    python evaluate.py --model checkpoints/last.pth --data nyu_test.zip
-Depth of a picture, as a colour map and as a 16-bit PNG in millimetres:
-    python evaluate.py --model checkpoints/last.pth --img photo.jpg --output_dir results
+Evaluation on the Eigen test zip (nyu_test.zip) by the DenseDepth protocol, with a
+few examples saved as pictures (input | ground truth | prediction | error):
+    python evaluate.py --model checkpoints/last.pth --data nyu_test.zip --output_dir results
+Depth of pictures (files, directories, globs), as colour maps, 16-bit PNGs in
+millimetres and .npy in metres, and on request side by side and as point clouds:
+    python evaluate.py --model checkpoints/last.pth --img photo.jpg photos/ --output_dir results \\
+        --colorbar --side_by_side --ply
 
 The protocol: each picture is resized to the network's input size (the one it
 was trained at, stored in the checkpoint), predicted together with its mirror
@@ -13,30 +16,48 @@ over ground-truth pixels that are finite and > 0.
 """
 
 import argparse
+import glob
+import io
 import json
 import math
+import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data import EigenTestZip, encode_picture, scaled_eigen_crop
+from data import EigenTestZip, scaled_eigen_crop
 from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
 from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
 from utils import (
     PRECISIONS,
     UserError,
-    atomic_write,
     autocast,
     choose_device,
     choose_precision,
-    colorize_depth,
+    default_workers,
+    ignore_stop_signals,
     load_checkpoint,
     precision_name,
     run_main,
     writable_dir,
+    write_bytes,
+)
+from visualize import (
+    DEPTH_CMAP,
+    backproject,
+    depth_picture,
+    depth_range,
+    example_panel,
+    example_tiles,
+    ply_bytes,
+    png_bytes,
+    scaled_intrinsics,
+    side_by_side,
 )
 
 
@@ -44,8 +65,13 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description="Evaluation of depth estimation model on either test data/own images")
     parser.add_argument("--model", required=True, help="Model checkpoint path")
     parser.add_argument("--data", help="Test data zip path (if evaluation on test data)")
-    parser.add_argument("--img", help="Image path (if evaluation on a single image)")
-    parser.add_argument("--batch_size", type=int, default=4, help="Batch size to process the test data")
+    parser.add_argument(
+        "--img",
+        nargs="+",
+        help="Image path (if evaluation on own images): one or more pictures, directories (searched "
+        "recursively) or quoted globs ('photos/*.jpg')",
+    )
+    parser.add_argument("--batch_size", type=int, default=4, help="Batch size to process the test data (or pictures)")
     parser.add_argument("--output_dir", default="results", help="Directory to save output depth images")
     parser.add_argument(
         "--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
@@ -73,7 +99,53 @@ def get_args_parser():
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (worth it on CUDA for large test sets)"
     )
+    test_data = parser.add_argument_group("with --data")
+    test_data.add_argument(
+        "--num_examples",
+        type=int,
+        default=4,
+        help="test pictures (evenly spaced) saved as input | ground truth | prediction | error, in "
+        "output_dir/examples (default 4; 0 for none)",
+    )
+    test_data.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    pictures = parser.add_argument_group("with --img")
+    pictures.add_argument("--colorbar", action="store_true", help="draw a colour bar in metres beside the depth")
+    pictures.add_argument(
+        "--depth_range",
+        type=float,
+        nargs=2,
+        metavar=("MIN_M", "MAX_M"),
+        help="fixed colour range in metres, the same for every picture (default: each picture's own range)",
+    )
+    pictures.add_argument("--cmap", default=DEPTH_CMAP, help="matplotlib colour map for depth (default plasma)")
+    pictures.add_argument(
+        "--side_by_side", action="store_true", help="also write the picture and its depth side by side"
+    )
+    pictures.add_argument("--ply", action="store_true", help="also write a point cloud (.ply) coloured by the picture")
+    pictures.add_argument(
+        "--intrinsics",
+        type=float,
+        nargs=4,
+        metavar=("FX", "FY", "CX", "CY"),
+        help="pinhole camera of the pictures for --ply, in their pixels (default: NYU Depth v2's camera, "
+        "fx 518.86 fy 519.47 cx 325.58 cy 253.74 at 640x480, scaled to each picture's size)",
+    )
     return parser
+
+
+def check_args(args):
+    if (args.data is None) == (args.img is None):
+        raise UserError("give exactly one of --data (a test zip) and --img (pictures)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.num_examples < 0:
+        raise UserError(f"--num_examples must be 0 or more, got {args.num_examples}")
+    if args.depth_range is not None and not 0 <= args.depth_range[0] < args.depth_range[1]:
+        raise UserError(f"--depth_range must be two depths in metres, MIN < MAX, got {args.depth_range}")
+    if args.cmap not in matplotlib.colormaps:
+        raise UserError(f"--cmap {args.cmap} is not a matplotlib colour map (try plasma, viridis, magma, turbo)")
+    if args.intrinsics is not None and not (args.intrinsics[0] > 0 and args.intrinsics[1] > 0):
+        raise UserError(f"--intrinsics FX and FY must be positive, got {args.intrinsics[:2]}")
 
 
 def load_model(path, device):
@@ -112,7 +184,8 @@ def eigen_batches(test_set, batch_size):
 
 def evaluate_zip(model, input_size, args, device, dtype):
     test_set = EigenTestZip(args.data)
-    batches = eigen_batches(test_set, args.batch_size)
+    examples = ExamplePicker(len(test_set), args.num_examples)
+    batches = examples.pick(eigen_batches(test_set, args.batch_size))
     total = math.ceil(len(test_set) / args.batch_size)
     metrics = evaluate_protocol(model, batches, input_size, test_set.crop, device, dtype, args.flip, total=total)
     summary = metrics.summary()
@@ -122,6 +195,8 @@ def evaluate_zip(model, input_size, args, device, dtype):
         f"{precision_name(dtype)} on {device}:"
     )
     print(format_table(summary[args.aggregation]))
+    if args.markdown:
+        print(format_table(summary[args.aggregation], markdown=True))
     if summary["num_invalid_pixels"]:
         left_out = summary["num_invalid_pixels"]
         print(f"{left_out} ground-truth pixels inside the crop were not finite and > 0 and were left out")
@@ -135,9 +210,47 @@ def evaluate_zip(model, input_size, args, device, dtype):
         **summary,
     }
     path = Path(args.output_dir) / "metrics.json"
-    with atomic_write(path) as file:
-        file.write(json.dumps(report, indent=2).encode())
+    write_bytes(path, json.dumps(report, indent=2).encode())
     print(f"metrics saved to {path}")
+    if examples.picked:
+        folder = save_examples(model, examples.picked, input_size, test_set.crop, device, dtype, args)
+        print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
+
+
+class ExamplePicker:
+    """Keeps `count` evenly spaced test pictures out of a stream of batches as they go by."""
+
+    def __init__(self, num_images, count):
+        self.wanted = set(np.linspace(0, num_images - 1, min(count, num_images)).round().astype(int).tolist())
+        self.picked = []  # (index, image (3, H, W) uint8, depth_m (1, H, W))
+
+    def pick(self, batches):
+        start = 0
+        for images, depth_m in batches:
+            for index in sorted(self.wanted.intersection(range(start, start + len(images)))):
+                self.picked.append((index, images[index - start].clone(), depth_m[index - start].clone()))
+            start += len(images)
+            yield images, depth_m
+
+
+def save_examples(model, picked, input_size, crop_box, device, dtype, args):
+    """Predict the picked test pictures by the protocol and write, per picture, its four tiles
+    (NNNN_input/_gt/_pred/_error.png) and a titled panel of them (NNNN.png)."""
+    folder = Path(args.output_dir) / "examples"
+    for index, image, gt_m in picked:
+        with torch.inference_mode(), autocast(device, dtype):
+            pred_m = predict_depth_m(model, image[None].to(device), input_size, gt_m.shape[-2:], args.flip)
+        pred_m = pred_m.float().cpu()
+        metrics = DepthMetrics()
+        metrics.update(crop(pred_m, crop_box), crop(gt_m[None], crop_box))
+        scores = metrics.compute()
+        gt_m, pred_m = gt_m[0].numpy(), pred_m[0, 0].numpy()
+        tiles = example_tiles(image.permute(1, 2, 0).numpy(), gt_m, pred_m, crop_box)
+        for key, tile in tiles.items():
+            write_bytes(folder / f"{index:04d}_{key}.png", png_bytes(tile))
+        title = f"test picture {index}: delta1 {scores['delta1']:.3f}, rel {scores['abs_rel']:.3f}"
+        write_bytes(folder / f"{index:04d}.png", example_panel(tiles, depth_range(gt_m), title))
+    return folder
 
 
 def load_picture(path):
@@ -172,32 +285,168 @@ def network_size(picture_size, trained_size):
     return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in picture_size)
 
 
-def save_png(array, path):
-    with atomic_write(path) as file:
-        file.write(encode_picture(array, "PNG"))
+# What --img reads from a directory or a glob (a file named explicitly is tried whatever its suffix).
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def predict_picture(model, input_size, args, device, dtype):
-    image = load_picture(args.img).to(device)
-    picture_size = tuple(image.shape[-2:])
-    with torch.inference_mode(), autocast(device, dtype):
-        depth_m = predict_depth_m(model, image, network_size(picture_size, input_size), picture_size, args.flip)
-    depth_m = depth_m[0, 0].cpu().numpy()
-    stem = Path(args.output_dir) / Path(args.img).stem
-    color_path, mm_path = stem.with_name(stem.name + "_depth.png"), stem.with_name(stem.name + "_depth_mm.png")
-    save_png(colorize_depth(depth_m), color_path)
-    save_png(np.rint(depth_m * 1000).astype(np.uint16), mm_path)
-    print(
-        f"depth {depth_m.min():.2f}..{depth_m.max():.2f} m; wrote {color_path} (plasma colour map, near = dark) "
-        f"and {mm_path} (16-bit PNG, millimetres)"
-    )
+def find_pictures(specs, output_dir):
+    """The pictures named by --img, each with its output name (a relative path without suffix):
+    a file's own stem, or its path inside a directory given, so a folder of inputs gives a folder
+    of outputs. Files inside output_dir are not read back as inputs."""
+    found = {}
+    for spec in specs:
+        for path, name in _expand(spec, Path(output_dir).resolve()):
+            found.setdefault(path.resolve(), (path, name))
+    pictures = list(found.values())
+    first_with = {}
+    for path, name in pictures:
+        if name in first_with:
+            raise UserError(
+                f"--img {first_with[name]} and {path} would both be written as {name}_depth.png; "
+                "give them in separate runs with different --output_dir"
+            )
+        first_with[name] = path
+    return pictures
+
+
+def _expand(spec, output_dir):
+    path = Path(spec)
+    if path.is_dir():
+        files = [file for file in sorted(path.rglob("*")) if _is_picture_file(file, output_dir)]
+        if not files:
+            raise UserError(f"--img {spec} is a directory with no pictures in it ({' '.join(PICTURE_SUFFIXES)})")
+        return [(file, file.relative_to(path).with_suffix("")) for file in files]
+    if path.exists() or not any(char in spec for char in "*?["):
+        if not path.exists():
+            raise UserError(f"--img {spec} does not exist")
+        return [(path, Path(path.stem))]
+    files = [Path(match) for match in sorted(glob.glob(spec, recursive=True))]
+    files = [file for file in files if _is_picture_file(file, output_dir)]
+    if not files:
+        raise UserError(f"--img {spec} matches no picture file")
+    return [(file, Path(file.stem)) for file in files]
+
+
+def _is_picture_file(path, output_dir):
+    hidden = any(part.startswith(".") for part in path.parts if part not in (".", ".."))
+    inside_output = output_dir in path.resolve().parents
+    return path.is_file() and path.suffix.lower() in PICTURE_SUFFIXES and not hidden and not inside_output
+
+
+class PictureFiles(Dataset):
+    """Pictures decoded in DataLoader workers: (index, (1, 3, H, W) uint8) or (index, why it failed)."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        try:
+            return index, load_picture(self.paths[index])
+        except UserError as err:
+            return index, str(err)
+
+
+def same_size_batches(loaded, batch_size, on_failure):
+    """Group consecutive pictures of one size into batches of up to batch_size: (indices, (B, 3, H, W)).
+    Pictures that failed to load go to on_failure(why)."""
+    indices, images = [], []
+    for index, image in loaded:
+        if isinstance(image, str):
+            on_failure(image)
+            continue
+        if images and (image.shape != images[0].shape or len(images) == batch_size):
+            yield indices, torch.cat(images)
+            indices, images = [], []
+        indices.append(index)
+        images.append(image)
+    if images:
+        yield indices, torch.cat(images)
+
+
+def picture_outputs(image, depth_m, args):
+    """The files written for one picture, {suffix: contents}: colour map, millimetres, metres,
+    and on request side by side and point cloud. image: (H, W, 3) uint8; depth_m: (H, W) float32."""
+    vmin, vmax = args.depth_range or (None, None)
+    colour = depth_picture(depth_m, vmin, vmax, args.cmap, with_colorbar=args.colorbar)
+    buffer = io.BytesIO()
+    np.save(buffer, depth_m.astype(np.float32))
+    files = {
+        "_depth.png": png_bytes(colour),
+        "_depth_mm.png": png_bytes(np.rint(depth_m * 1000).astype(np.uint16)),  # at most 10 m: fits 16 bits
+        "_depth_m.npy": buffer.getvalue(),
+    }
+    if args.side_by_side:
+        files["_side_by_side.png"] = png_bytes(side_by_side(image, colour))
+    if args.ply:
+        intrinsics = args.intrinsics or scaled_intrinsics(*depth_m.shape)
+        files[".ply"] = ply_bytes(backproject(depth_m, intrinsics), image.reshape(-1, 3))
+    return files
+
+
+def predict_pictures(model, pictures, input_size, args, device, dtype):
+    """Depth of each (path, output name) picture, batched by size, written to output_dir."""
+    workers = min(default_workers(device), len(pictures) - 1)
+    loaded = DataLoader(
+        PictureFiles([path for path, _ in pictures]), batch_size=None, num_workers=workers,
+        worker_init_fn=ignore_stop_signals,
+    )  # fmt: skip
+    failures, written = [], []
+    bar = tqdm(total=len(pictures), unit="picture", desc="predicting", disable=len(pictures) == 1)
+
+    def skip(why):
+        failures.append(why)
+        if len(pictures) > 1:  # one picture: its error is the message
+            tqdm.write(f"skipped: {why}", file=sys.stderr)
+
+    for indices, images in same_size_batches(loaded, args.batch_size, skip):
+        size = tuple(images.shape[-2:])
+        with torch.inference_mode(), autocast(device, dtype):
+            depth_m = predict_depth_m(model, images.to(device), network_size(size, input_size), size, args.flip)
+        for index, image, depth in zip(indices, images, depth_m[:, 0].float().cpu().numpy()):
+            stem = Path(args.output_dir) / pictures[index][1]
+            files = picture_outputs(image.permute(1, 2, 0).numpy(), depth, args)
+            for suffix, contents in files.items():
+                write_bytes(stem.with_name(stem.name + suffix), contents)
+            written.append((stem, list(files), depth))
+        bar.update(len(written) + len(failures) - bar.n)
+    bar.close()
+    report_pictures(written, failures, len(pictures), args)
+
+
+OUTPUT_KINDS = {
+    "_depth.png": "colour map, near = dark",
+    "_depth_mm.png": "16-bit PNG, millimetres",
+    "_depth_m.npy": "float32, metres",
+    "_side_by_side.png": "picture | depth",
+    ".ply": "point cloud, metres",
+}
+
+
+def report_pictures(written, failures, num_pictures, args):
+    """Say what was written where; pictures that could not be read end the run with an error."""
+    if len(written) == 1 and num_pictures == 1:
+        stem, suffixes, depth_m = written[0]
+        files = ", ".join(f"{stem}{suffix} ({OUTPUT_KINDS[suffix]})" for suffix in suffixes)
+        print(f"depth {depth_m.min():.2f}..{depth_m.max():.2f} m; wrote {files}")
+    elif written:
+        files = ", ".join(f"NAME{suffix} ({OUTPUT_KINDS[suffix]})" for suffix in written[0][1])
+        count = f"{len(written)} picture" + ("s" if len(written) > 1 else "")
+        print(f"wrote the depth of {count} to {args.output_dir}, each as {files}")
+    if len(failures) == num_pictures == 1:
+        raise UserError(failures[0])
+    if failures:
+        raise UserError(
+            f"{len(failures)} of the {num_pictures} pictures could not be read (named above); "
+            f"the depth of the other {len(written)} was written"
+        )
 
 
 def main(args):
-    if (args.data is None) == (args.img is None):
-        raise UserError("give exactly one of --data (a test zip) and --img (a picture)")
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    check_args(args)
+    pictures = find_pictures(args.img, args.output_dir) if args.img else None  # before the model loads
     writable_dir(args.output_dir, "--output_dir")
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
@@ -207,7 +456,7 @@ def main(args):
     if args.data is not None:
         evaluate_zip(model, input_size, args, device, dtype)
     else:
-        predict_picture(model, input_size, args, device, dtype)
+        predict_pictures(model, pictures, input_size, args, device, dtype)
 
 
 if __name__ == "__main__":

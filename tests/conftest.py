@@ -22,6 +22,21 @@ def tiny_train_argv(data, checkpoint_dir, *extra, epochs=1, batch_size=4):
     return [str(arg) for arg in argv + list(extra)]
 
 
+def run_script(script, argv, capsys):
+    """(exit status, stdout, stderr) of train.py or evaluate.py (the module) run in-process with `argv`,
+    through run_main as on the command line."""
+    from utils import run_main
+
+    args = script.get_args_parser().parse_args([str(arg) for arg in argv])
+    try:
+        run_main(script.main, args)
+        status = 0
+    except SystemExit as exit:
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def pytest_configure(config):
     # data.py silences this at import, but pytest resets warning filters for each test.
     config.addinivalue_line(
@@ -37,3 +52,14 @@ def tiny_zips(tmp_path_factory):
     return write_sample_data(
         out_dir, train_images=8, test_images=4, width=width, height=height, views_per_scene=4, seed=0, workers=1
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_zips, tmp_path_factory):
+    """last.pth of one epoch of train.py on the tiny zip (decoder width 0.0625, input 64x64)."""
+    import train
+
+    out = tmp_path_factory.mktemp("trained")
+    argv = tiny_train_argv(tiny_zips[0], out, "--workers", 0)
+    train.main(train.get_args_parser().parse_args(argv))
+    return out / "last.pth"

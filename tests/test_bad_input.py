@@ -11,27 +11,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SIZE, tiny_train_argv
+from conftest import TINY_SIZE, run_script, tiny_train_argv
 from PIL import Image
 
 import evaluate
 import train
 from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, TRAIN_CSV, encode_picture, write_member, write_npy_member
-from utils import run_main
 
 PROGRESS_BAR = re.compile(r"\d+/\d+ \[[\d:?]+<")
-
-
-def run_script(script, argv, capsys):
-    """(exit status, stdout, stderr) of train.py or evaluate.py run with `argv`."""
-    args = script.get_args_parser().parse_args([str(arg) for arg in argv])
-    try:
-        run_main(script.main, args)
-        status = 0
-    except SystemExit as exit:
-        status = exit.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def assert_one_clear_line(result, *needles):
@@ -90,9 +77,15 @@ def test_training_flags_that_make_no_sense(tiny_zips, tmp_path, capsys, flags, n
 @pytest.mark.parametrize(
     "flags, needle",
     [
-        (["--data", "a.zip", "--img", "b.png"], "give exactly one of --data (a test zip) and --img (a picture)"),
-        ([], "give exactly one of --data (a test zip) and --img (a picture)"),
+        (["--data", "a.zip", "--img", "b.png"], "give exactly one of --data (a test zip) and --img (pictures)"),
+        ([], "give exactly one of --data (a test zip) and --img (pictures)"),
         (["--img", "b.png", "--batch_size", 0], "--batch_size must be at least 1, got 0"),
+        (["--data", "a.zip", "--num_examples", -1], "--num_examples must be 0 or more, got -1"),
+        (["--img", "b.png", "--depth_range", 5, 2], "--depth_range must be two depths in metres, MIN < MAX"),
+        (["--img", "b.png", "--cmap", "rainbowz"], "--cmap rainbowz is not a matplotlib colour map"),
+        (["--img", "b.png", "--intrinsics", 0, 500, 320, 240], "--intrinsics FX and FY must be positive"),
+        (["--img", "nowhere.png"], "--img nowhere.png does not exist"),
+        (["--img", "nowhere/*.png"], "--img nowhere/*.png matches no picture file"),
     ],
 )
 def test_evaluation_flags_that_make_no_sense(tmp_path, capsys, flags, needle):
@@ -104,7 +97,9 @@ def test_output_places_that_cannot_be_written(tiny_zips, tmp_path, capsys):
     (tmp_path / "a_file").write_text("in the way")
     result = run_script(train, train_argv(tiny_zips[0], tmp_path / "a_file"), capsys)
     assert_one_clear_line(result, "--checkpoint_dir", "a_file cannot be created")
-    argv = ["--model", tmp_path / "m.pth", "--img", "b.png", "--output_dir", tmp_path / "a_file" / "out"]
+    picture = tmp_path / "b.png"
+    Image.new("RGB", (8, 8)).save(picture)
+    argv = ["--model", tmp_path / "m.pth", "--img", picture, "--output_dir", tmp_path / "a_file" / "out"]
     assert_one_clear_line(run_script(evaluate, argv, capsys), "--output_dir", "cannot be created")
     assert (tmp_path / "a_file").read_text() == "in the way"
 
@@ -218,14 +213,6 @@ def write_eigen_zip(path, rgb=None, depth=None, crop=None, skip=()):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_zips, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    args = train.get_args_parser().parse_args([str(a) for a in train_argv(tiny_zips[0], out)])
-    train.main(args)
-    return out / "last.pth"
-
-
 def test_eigen_zips_with_missing_or_mismatched_arrays(tiny_checkpoint, tmp_path, capsys):
     height, width = TINY_SIZE
     truncated = tmp_path / "truncated.zip"
@@ -279,7 +266,7 @@ def test_img_that_is_not_a_picture(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello")
     for path, needle in (
         (tmp_path / "notes.txt", "notes.txt is not a picture that can be read"),
-        (tmp_path, "is not a picture that can be read"),
+        (tmp_path, "is a directory with no pictures in it"),
         (tmp_path / "absent.png", "--img"),
     ):
         result = run_script(evaluate, ["--model", tiny_checkpoint, "--img", path, "--output_dir", tmp_path], capsys)
@@ -318,7 +305,8 @@ def test_checkpoints_missing_truncated_foreign_or_of_another_width(tiny_checkpoi
         (tmp_path / "foreign.pth", "foreign.pth is not a checkpoint of this project"),
         (tmp_path / "edited.pth", "edited.pth does not fit a DenseDepth model with decoder width 0.125"),
     ):
-        assert_one_clear_line(run_script(evaluate, ["--model", path, "--img", picture], capsys), needle)
+        argv = ["--model", path, "--img", picture, "--output_dir", tmp_path / "out"]
+        assert_one_clear_line(run_script(evaluate, argv, capsys), needle)
         resume = train_argv(tiny_zips[0], tmp_path / "run", "--checkpoint", path)
         assert_one_clear_line(run_script(train, resume, capsys), needle)
     other_width = train_argv(tiny_zips[0], tmp_path / "run", "--checkpoint", tiny_checkpoint, "--decoder_width", 0.5)
@@ -337,6 +325,7 @@ class _RunsCode:
 def test_a_checkpoint_cannot_run_code_when_opened(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"model": {}, "config": {}, "args": {}, "payload": _RunsCode()}, tmp_path / "evil.pth")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
     result = run_script(evaluate, ["--model", tmp_path / "evil.pth", "--img", "photo.png"], capsys)
     assert_one_clear_line(result, "evil.pth could not be read: it holds Python objects besides tensors")
     assert not (tmp_path / "PWNED").exists()
