@@ -20,20 +20,25 @@ gradient scaling on older GPUs, fp32 elsewhere; the loss is computed in fp32.
 
 Each epoch ends with the metrics on the zip's test split (the evaluation
 protocol of evaluate.py) and writes checkpoint_dir/last.pth; the epoch with
-the lowest abs rel is also kept as checkpoint_dir/best.pth. Checkpoints are
+the lowest abs rel is also kept as checkpoint_dir/best.pth. Beside them, each
+epoch rewrites log.csv (loss and metrics per epoch) and curves.png, adds
+predictions/epoch_NNN.png (fixed test-split pictures: input | ground truth |
+prediction), and logs to TensorBoard in tensorboard/ if the package is installed. Checkpoints are
 written whole or not at all. Pairs that do not load are skipped and reported,
 up to --max_bad_fraction of a split; a loss that is not finite stops the run
 without saving, keeping the last good checkpoint.
 """
 
 import argparse
+import contextlib
 import math
 import platform
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader
@@ -42,6 +47,7 @@ from tqdm import tqdm
 from data import (
     TEST_CSV,
     TRAIN_CSV,
+    FailedSample,
     NYUDepthDataset,
     TrainingOrder,
     collate_pairs,
@@ -59,6 +65,7 @@ from model import (
     model_config,
     model_from_checkpoint,
     output_size,
+    predict_depth_m,
     resize,
     target_to_depth_m,
     to_unit_range,
@@ -83,6 +90,7 @@ from utils import (
     set_rng_states,
     writable_dir,
 )
+from visualize import TrainingLog, prediction_grid
 
 # Settings that define a run. Left out on the command line, they are the checkpoint's when
 # resuming and these otherwise, so a resumed run goes on as the run it continues.
@@ -225,13 +233,16 @@ class Progress:
     loss_sum: float = 0.0  # over the steps done of epoch + 1
     loss_steps: int = 0
     best_abs_rel: float = math.inf
+    history: list = field(default_factory=list)  # per finished epoch: train loss, seconds, test metrics
 
-    def finish_epoch(self, abs_rel):
-        """Move to the next epoch; returns whether the finished one is the best so far."""
-        is_best = abs_rel < self.best_abs_rel
+    def finish_epoch(self, val_metrics, seconds):
+        """Record the finished epoch and move to the next; returns whether it is the best so far."""
+        is_best = val_metrics["abs_rel"] < self.best_abs_rel
+        train_loss = self.loss_sum / max(self.loss_steps, 1)
+        self.history.append({"epoch": self.epoch + 1, "train_loss": train_loss, "seconds": seconds, **val_metrics})
         self.epoch += 1
         self.samples_done, self.loss_sum, self.loss_steps = 0, 0.0, 0
-        self.best_abs_rel = min(self.best_abs_rel, abs_rel)
+        self.best_abs_rel = min(self.best_abs_rel, val_metrics["abs_rel"])
         return is_best
 
 
@@ -281,11 +292,11 @@ def train_step(model, images, depth_m, criterion, optimizer, scaler, device, dty
     return loss.detach(), pred.detach()
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scaler, device, dtype, progress, args, guards):
+def train_one_epoch(model, loader, criterion, optimizer, scaler, device, dtype, progress, args, guards, log):
     """Train on the rest of epoch progress.epoch + 1, keeping `progress` up to date.
 
     Returns early, after a whole step, when a stop is requested. Losses are checked
-    at each log line (one device sync per interval, not per step).
+    at each log line (one device sync per interval, not per step) and go to the log.
     """
     stop, skipped = guards
     model.train()
@@ -310,17 +321,24 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, device, dtype, 
             interval_metrics.update(target_to_depth_m(pred.float()), depth_m)
         progress.samples_done += args.batch_size
         if step % args.log_interval == 0 or step == steps or stop.requested:
-            report_interval(interval_losses, interval_metrics, epoch, step, steps, progress, args)
+            loss = report_interval(interval_losses, interval_metrics, epoch, step, steps, progress, args)
+            if loss is not None:
+                log.add_loss(samples_seen(progress, steps, args.batch_size), loss)
             bar.set_postfix(loss=f"{progress.loss_sum / max(progress.loss_steps, 1):.4f}")
             interval_losses, interval_metrics = [], DepthMetrics()
         if stop.requested:
             return
 
 
+def samples_seen(progress, steps_per_epoch, batch_size):
+    """Training samples seen since the run began: the x axis of its TensorBoard curves."""
+    return progress.epoch * steps_per_epoch * batch_size + progress.samples_done
+
+
 def report_interval(losses, metrics, epoch, step, steps, progress, args):
-    """Check the interval's losses are finite, add them to the epoch's, and print a line."""
+    """Check the interval's losses are finite, add them to the epoch's, print a line; returns their mean."""
     if not losses:
-        return
+        return None
     values = torch.stack([loss for _, loss in losses]).float().cpu()
     finite = torch.isfinite(values)
     if not finite.all():
@@ -336,6 +354,7 @@ def report_interval(losses, metrics, epoch, step, steps, progress, args):
         f"epoch {epoch} step {step}/{steps}: loss {values.mean():.4f}, "
         f"delta1 {train_metrics['delta1']:.3f}, abs_rel {train_metrics['abs_rel']:.3f}"
     )
+    return float(values.mean())
 
 
 def last_good_checkpoint(args):
@@ -422,14 +441,44 @@ def stop_run(stop, state, progress, args):
 
 def end_epoch(model, optimizer, scaler, progress, args, val_metrics, seconds):
     """Report the finished epoch and save it as last.pth, and as best.pth when its abs rel is the lowest yet."""
-    epoch, train_loss = progress.epoch + 1, progress.loss_sum / max(progress.loss_steps, 1)
-    is_best = progress.finish_epoch(val_metrics["abs_rel"])
-    print(f"epoch {epoch}: train loss {train_loss:.4f}, {seconds:.0f} s; test split (per image):")
+    is_best = progress.finish_epoch(val_metrics, seconds)
+    row = progress.history[-1]
+    print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, {seconds:.0f} s; test split (per image):")
     print(format_table(val_metrics))
     state = make_checkpoint(model, optimizer, scaler, progress, args, val_metrics)
     save_checkpoint(state, Path(args.checkpoint_dir) / "last.pth")
     if is_best:
         save_checkpoint(state, Path(args.checkpoint_dir) / "best.pth")
+
+
+def preview_samples(dataset, count=4):
+    """A few fixed pairs of the test split, evenly spaced, to draw the model's predictions on each epoch."""
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int))
+    return [sample for sample in (dataset[int(i)] for i in indices) if not isinstance(sample, FailedSample)]
+
+
+def preview_grid(model, samples, args, device, dtype, epoch):
+    """The prediction_grid picture of the preview samples, predicted by the evaluation protocol."""
+    rows = []
+    model.eval()
+    with torch.inference_mode():
+        for image, depth_m in samples:
+            with autocast(device, dtype):
+                pred_m = predict_depth_m(model, image[None].to(device), args.input_size, depth_m.shape[-2:])
+            rows.append((image.permute(1, 2, 0).numpy(), depth_m[0].numpy(), pred_m[0, 0].float().cpu().numpy()))
+    return prediction_grid(rows, f"epoch {epoch}: test-split pictures, prediction in the ground truth's range")
+
+
+def summarize(progress, args, log):
+    """The end-of-run summary: the best epoch, its metrics, and where the files are."""
+    if progress.history:
+        best = min(progress.history, key=lambda row: row["abs_rel"])
+        print(f"done: {progress.epoch} epochs; the best, epoch {best['epoch']} (best.pth), on the test split:")
+        print(format_table(best))
+    files = "last.pth, best.pth, log.csv (per-epoch loss and metrics), curves.png, predictions/epoch_NNN.png"
+    if log.tensorboard is not None:
+        files += f", tensorboard/ (tensorboard --logdir {Path(args.checkpoint_dir) / 'tensorboard'})"
+    print(f"files in {args.checkpoint_dir}: {files}")
 
 
 def main(args):
@@ -454,25 +503,29 @@ def main(args):
         f"on {device} in {precision_name(dtype)}; {len(train_loader.dataset)} training pairs, "
         f"{len(val_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}"
     )
+    preview = preview_samples(val_loader.dataset)
     skipped_train = SkippedSamples("training", len(train_loader.dataset), args.max_bad_fraction)
     skipped_val = SkippedSamples("test", len(val_loader.dataset), args.max_bad_fraction)
 
     if progress.epoch >= args.epochs:
         print(f"{args.checkpoint} has finished {progress.epoch} epochs already; raise --epochs to train on")
-    with GracefulStop() as stop:
+    log = TrainingLog(args.checkpoint_dir, samples_seen(progress, len(train_loader), args.batch_size))
+    with GracefulStop() as stop, contextlib.closing(log):
         for epoch in range(progress.epoch + 1, args.epochs + 1):
             started = time.time()
             train_loader.sampler.start(epoch, progress.samples_done)
             train_one_epoch(
                 step_model, train_loader, criterion, optimizer, scaler, device, dtype, progress, args,
-                (stop, skipped_train),
+                (stop, skipped_train), log,
             )  # fmt: skip
             if not stop.requested:
                 val_metrics = validate(step_model, val_loader, args, device, dtype, (stop, skipped_val))
             if stop.requested:  # in training or validation: save where the run is, say how to go on
                 stop_run(stop, make_checkpoint(model, optimizer, scaler, progress, args, None), progress, args)
             end_epoch(model, optimizer, scaler, progress, args, val_metrics, time.time() - started)
-    print(f"done; checkpoints in {args.checkpoint_dir} (last.pth, best.pth with abs rel {progress.best_abs_rel:.4f})")
+            grid = preview_grid(model, preview, args, device, dtype, progress.epoch)
+            log.end_epoch(progress.history, grid, samples_seen(progress, len(train_loader), args.batch_size))
+    summarize(progress, args, log)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """train.py and evaluate.py through their command lines, on tiny generated zips."""
 
+import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,9 +13,9 @@ from conftest import ROOT
 from PIL import Image
 
 
-def run(script, *args):
+def run(script, *args, cwd=ROOT):
     return subprocess.run(
-        [sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600
+        [sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 
@@ -64,6 +66,25 @@ def test_train_writes_last_and_best_checkpoints(trained):
     assert (checkpoint_dir / "best.pth").is_file()
 
 
+def tensorboard_installed():
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def test_train_writes_a_csv_curves_predictions_and_a_summary(trained):
+    checkpoint_dir, result = trained
+    rows = list(csv.DictReader((checkpoint_dir / "log.csv").open()))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    checkpoint = torch.load(checkpoint_dir / "last.pth", map_location="cpu", weights_only=True)
+    assert float(rows[0]["abs_rel"]) == pytest.approx(checkpoint["val_metrics"]["abs_rel"], rel=1e-5)
+    assert float(rows[0]["train_loss"]) > 0 and float(rows[0]["seconds"]) > 0
+    assert Image.open(checkpoint_dir / "curves.png").size == (1000, 700)
+    assert Image.open(checkpoint_dir / "predictions" / "epoch_001.png").mode == "RGB"
+    assert "done: 1 epochs; the best, epoch 1 (best.pth), on the test split:" in result.stdout
+    assert f"files in {checkpoint_dir}: last.pth, best.pth, log.csv" in result.stdout
+    assert (checkpoint_dir / "tensorboard").is_dir() == tensorboard_installed()
+    assert "tensorboard" not in result.stderr.lower()
+
+
 def test_train_resumes_where_it_stopped(trained, tiny_zips, tmp_path):
     checkpoint_dir, _ = trained
     result = run(
@@ -85,6 +106,9 @@ def test_train_resumes_where_it_stopped(trained, tiny_zips, tmp_path):
     after = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
     assert after["epoch"] == 2
     assert after["optimizer"]["state"][0]["step"] == before["optimizer"]["state"][0]["step"] * 2
+    # the history goes on in the checkpoint, so the resumed run's CSV and curves hold both epochs
+    assert [row["epoch"] for row in csv.DictReader((tmp_path / "log.csv").open())] == ["1", "2"]
+    assert sorted(path.name for path in (tmp_path / "predictions").iterdir()) == ["epoch_002.png"]
 
 
 def test_evaluate_on_the_eigen_zip(trained, tiny_zips, tmp_path):
@@ -151,7 +175,7 @@ def test_predict_a_picture_at_its_own_size(trained, tmp_path):
     "script, args, needle",
     [
         ("evaluate.py", ["--model", "missing.pth", "--data", "a.zip", "--img", "b.png"], "exactly one of --data"),
-        ("evaluate.py", ["--model", "missing.pth", "--img", "b.png"], "missing.pth does not exist"),
+        ("evaluate.py", ["--model", "missing.pth", "--data", "a.zip"], "missing.pth does not exist"),
         (
             "train.py",
             ["--data_dir", "nowhere.zip", "--batch_size", 2, "--checkpoint_dir", "x", "--epochs", 1],
@@ -164,8 +188,8 @@ def test_predict_a_picture_at_its_own_size(trained, tmp_path):
         ),
     ],
 )
-def test_bad_input_gets_one_line_and_no_trace(script, args, needle):
-    result = run(script, *args)
+def test_bad_input_gets_one_line_and_no_trace(script, args, needle, tmp_path):
+    result = run(script, *args, cwd=tmp_path)
     assert result.returncode == 2
     assert needle in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
