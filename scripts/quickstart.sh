@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on the built-in sample data, on a CPU in 5 to 8 minutes, nothing to download but packages:
 # set up .venv, render the sample zips, train from scratch at a reduced size, evaluate on the
-# Eigen-format test zip beside a constant-depth baseline, and predict the depth of a picture.
+# Eigen-format test zip beside a constant-depth baseline, and predict the depth of a picture; everything
+# lands in runs/quickstart (checkpoints, training curves and log, example pictures, depth maps, a point cloud).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=runs/quickstart
@@ -24,9 +25,13 @@ echo "== for comparison: predicting the training set's mean depth everywhere"
 $PY scripts/constant_baseline.py --train_data data/sample/nyu_data.zip --data data/sample/nyu_test.zip --output_dir $RUN
 
 echo "== predicting the depth of a picture"
-$PY evaluate.py --model $RUN/checkpoints/last.pth --img data/sample/example.png --output_dir $RUN
+$PY evaluate.py --model $RUN/checkpoints/last.pth --img data/sample/example.png --output_dir $RUN \
+    --colorbar --side_by_side --ply
 
 echo "== done. Outputs:"
 echo "   checkpoints      $RUN/checkpoints/best.pth, last.pth"
+echo "   training         $RUN/checkpoints/curves.png (curves), log.csv (per epoch), predictions/epoch_NNN.png"
 echo "   metrics          $RUN/metrics.json (model), $RUN/baseline_metrics.json (constant depth)"
-echo "   depth of picture $RUN/example_depth.png (colour), $RUN/example_depth_mm.png (16-bit, mm)"
+echo "   test examples    $RUN/examples/NNNN.png (input | ground truth | prediction | error)"
+echo "   depth of picture $RUN/example_side_by_side.png (picture | depth), example_depth.png (colour),"
+echo "                    example_depth_mm.png (16-bit, mm), example_depth_m.npy (metres), example.ply (3-D points)"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerate docs/sample/, the README's qualitative pictures: the quick start's model (built-in sample
+# data, not NYU) on three test pictures, its training curves and the depth of the example picture.
+# Runs the quick start first if its model is not there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=runs/quickstart
+OUT=docs/sample
+[ -f $RUN/checkpoints/last.pth ] || bash scripts/quickstart.sh
+PY=.venv/bin/python
+rm -rf $OUT
+$PY evaluate.py --model $RUN/checkpoints/last.pth --data data/sample/nyu_test.zip --num_examples 3 \
+    --output_dir $OUT --markdown
+$PY evaluate.py --model $RUN/checkpoints/last.pth --img data/sample/example.png --output_dir $OUT --colorbar --side_by_side
+rm $OUT/examples/????.png $OUT/example_depth*.png $OUT/example_depth_m.npy  # the README shows the tiles
+cp $RUN/checkpoints/curves.png $OUT/curves.png
+echo "== docs pictures in $OUT"
