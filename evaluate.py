@@ -312,7 +312,11 @@ def find_pictures(specs, output_dir):
 def _expand(spec, output_dir):
     path = Path(spec)
     if path.is_dir():
-        files = [file for file in sorted(path.rglob("*")) if _is_picture_file(file, output_dir)]
+        files = [
+            file
+            for file in sorted(path.rglob("*"))
+            if _is_picture_file(file, output_dir) and not _hidden(file.relative_to(path))
+        ]
         if not files:
             raise UserError(f"--img {spec} is a directory with no pictures in it ({' '.join(PICTURE_SUFFIXES)})")
         return [(file, file.relative_to(path).with_suffix("")) for file in files]
@@ -328,9 +332,17 @@ def _expand(spec, output_dir):
 
 
 def _is_picture_file(path, output_dir):
-    hidden = any(part.startswith(".") for part in path.parts if part not in (".", ".."))
     inside_output = output_dir in path.resolve().parents
-    return path.is_file() and path.suffix.lower() in PICTURE_SUFFIXES and not hidden and not inside_output
+    return (
+        path.is_file()
+        and path.suffix.lower() in PICTURE_SUFFIXES
+        and not path.name.startswith(".")
+        and not inside_output
+    )
+
+
+def _hidden(relative_path):
+    return any(part.startswith(".") for part in relative_path.parts)
 
 
 class PictureFiles(Dataset):

@@ -23,8 +23,8 @@ protocol of evaluate.py) and writes checkpoint_dir/last.pth; the epoch with
 the lowest abs rel is also kept as checkpoint_dir/best.pth. Beside them, each
 epoch rewrites log.csv (loss and metrics per epoch) and curves.png, adds
 predictions/epoch_NNN.png (fixed test-split pictures: input | ground truth |
-prediction), and logs to TensorBoard in tensorboard/ if the package is installed. Checkpoints are
-written whole or not at all. Pairs that do not load are skipped and reported,
+prediction), and logs to TensorBoard in tensorboard/ if the package is
+installed; the run ends with a summary. Checkpoints are written whole or not at all. Pairs that do not load are skipped and reported,
 up to --max_bad_fraction of a split; a loss that is not finite stops the run
 without saving, keeping the last good checkpoint.
 """
@@ -458,7 +458,10 @@ def preview_samples(dataset, count=4):
 
 
 def preview_grid(model, samples, args, device, dtype, epoch):
-    """The prediction_grid picture of the preview samples, predicted by the evaluation protocol."""
+    """The prediction_grid picture of the preview samples, predicted by the evaluation protocol
+    (None without samples)."""
+    if not samples:
+        return None
     rows = []
     model.eval()
     with torch.inference_mode():

@@ -267,16 +267,18 @@ class TrainingLog:
             self.tensorboard.add_scalar("train/loss", loss, samples_seen)
 
     def end_epoch(self, history, grid, samples_seen):
-        """Write the files for the epoch that ends `history`; grid is its prediction_grid picture."""
+        """Write the files for the epoch that ends `history`; grid is its prediction_grid picture, or None."""
         row = history[-1]
         write_bytes(self.directory / "log.csv", history_csv(history).encode())
         write_bytes(self.directory / "curves.png", plot_curves(history))
-        write_bytes(self.directory / "predictions" / f"epoch_{row['epoch']:03d}.png", png_bytes(grid))
+        if grid is not None:
+            write_bytes(self.directory / "predictions" / f"epoch_{row['epoch']:03d}.png", png_bytes(grid))
         if self.tensorboard is not None:
             self.tensorboard.add_scalar("train/epoch_loss", row["train_loss"], samples_seen)
             for name in METRIC_NAMES:
                 self.tensorboard.add_scalar(f"test/{name}", row[name], samples_seen)
-            self.tensorboard.add_image("predictions", grid, samples_seen, dataformats="HWC")
+            if grid is not None:
+                self.tensorboard.add_image("predictions", grid, samples_seen, dataformats="HWC")
             self.tensorboard.flush()
 
     def close(self):

@@ -157,11 +157,13 @@ def test_colour_bar_and_fixed_range(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_a_folder_of_pictures_gives_a_folder_of_outputs(tiny_checkpoint, tmp_path, capsys):
-    photos = tmp_path / "photos"
+    photos = tmp_path / ".hidden_parent" / "photos"  # only hidden files and folders inside photos/ are left out
+    save_random_picture(photos / ".thumbs" / "x.png", 8, 8)
     for name in ("a.jpg", "b.png", "trip/c.JPG", "trip/day2/d.png", "trip/e.jpg"):
         save_random_picture(photos / name, 40 if name != "b.png" else 30, 56)
     (photos / "notes.txt").write_text("not a picture")
     other = save_random_picture(tmp_path / "elsewhere" / "f.png", 64, 48)
+    save_random_picture(tmp_path / "elsewhere" / ".g.png", 8, 8)
     out = photos / "depth"  # inside the input folder: not read back as input on a second run
     argv = ["--model", tiny_checkpoint, "--img", photos, str(tmp_path / "else*" / "*.png"), "--output_dir", out]
     for _ in range(2):
