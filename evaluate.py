@@ -52,6 +52,7 @@ from visualize import (
     backproject,
     depth_picture,
     depth_range,
+    example_indices,
     example_panel,
     example_tiles,
     ply_bytes,
@@ -221,7 +222,7 @@ class ExamplePicker:
     """Keeps `count` evenly spaced test pictures out of a stream of batches as they go by."""
 
     def __init__(self, num_images, count):
-        self.wanted = set(np.linspace(0, num_images - 1, min(count, num_images)).round().astype(int).tolist())
+        self.wanted = set(example_indices(num_images, count))
         self.picked = []  # (index, image (3, H, W) uint8, depth_m (1, H, W))
 
     def pick(self, batches):

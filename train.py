@@ -38,7 +38,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader
@@ -90,7 +89,7 @@ from utils import (
     set_rng_states,
     writable_dir,
 )
-from visualize import TrainingLog, prediction_grid
+from visualize import TrainingLog, example_indices, prediction_grid
 
 # Settings that define a run. Left out on the command line, they are the checkpoint's when
 # resuming and these otherwise, so a resumed run goes on as the run it continues.
@@ -453,8 +452,8 @@ def end_epoch(model, optimizer, scaler, progress, args, val_metrics, seconds):
 
 def preview_samples(dataset, count=4):
     """A few fixed pairs of the test split, evenly spaced, to draw the model's predictions on each epoch."""
-    indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int))
-    return [sample for sample in (dataset[int(i)] for i in indices) if not isinstance(sample, FailedSample)]
+    samples = (dataset[index] for index in example_indices(len(dataset), count))
+    return [sample for sample in samples if not isinstance(sample, FailedSample)]
 
 
 def preview_grid(model, samples, args, device, dtype, epoch):

@@ -38,10 +38,19 @@ def valid_depth(depth_m):
     return np.isfinite(depth_m) & (depth_m > 0)
 
 
-def depth_range(depth_m):
-    """(min, max) of the valid pixels of a depth map, for a colour map's range."""
+def depth_range(depth_m, vmin=None, vmax=None):
+    """A colour map's range (vmin, vmax) for a depth map: the ends given, the others the min and
+    max of its valid pixels."""
+    if vmin is not None and vmax is not None:
+        return vmin, vmax
     values = np.asarray(depth_m)[valid_depth(depth_m)]
-    return (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    own_min, own_max = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    return (own_min if vmin is None else vmin), (own_max if vmax is None else vmax)
+
+
+def example_indices(num_items, count):
+    """Indices of `count` items spread evenly over num_items, first and last included: the examples shown."""
+    return sorted(set(np.linspace(0, num_items - 1, min(count, num_items)).round().astype(int).tolist()))
 
 
 def colorize(values, vmin, vmax, cmap, mask=None, mask_rgb=INVALID_RGB):
@@ -58,8 +67,7 @@ def colorize_depth(depth_m, vmin=None, vmax=None, cmap=DEPTH_CMAP):
     """(H, W) depth -> (H, W, 3) uint8 colour picture, near = dark; the range defaults to the
     map's own valid min..max; pixels without a valid depth are white."""
     depth_m = np.asarray(depth_m, dtype=np.float32)
-    own_min, own_max = depth_range(depth_m)
-    vmin, vmax = (own_min if vmin is None else vmin), (own_max if vmax is None else vmax)
+    vmin, vmax = depth_range(depth_m, vmin, vmax)
     return colorize(depth_m, vmin, vmax, cmap, mask=valid_depth(depth_m))
 
 
@@ -110,8 +118,7 @@ def colorbar(height_px, vmin, vmax, cmap=DEPTH_CMAP, label="depth (m)"):
 
 def depth_picture(depth_m, vmin=None, vmax=None, cmap=DEPTH_CMAP, with_colorbar=False):
     """The colour map of a depth map at its own size, with a colour bar in metres on its right if asked."""
-    own_min, own_max = depth_range(depth_m)
-    vmin, vmax = (own_min if vmin is None else vmin), (own_max if vmax is None else vmax)
+    vmin, vmax = depth_range(depth_m, vmin, vmax)
     picture = colorize_depth(depth_m, vmin, vmax, cmap)
     if with_colorbar:
         picture = side_by_side(picture, colorbar(picture.shape[0], vmin, vmax, cmap))
