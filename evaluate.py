@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data import EigenTestZip, scaled_eigen_crop
+from data import EigenTestZip, encode_test_depth_png, scaled_eigen_crop
 from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
 from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
 from utils import (
@@ -388,7 +388,7 @@ def picture_outputs(image, depth_m, args):
     np.save(buffer, depth_m.astype(np.float32))
     files = {
         "_depth.png": png_bytes(colour),
-        "_depth_mm.png": png_bytes(np.rint(depth_m * 1000).astype(np.uint16)),  # at most 10 m: fits 16 bits
+        "_depth_mm.png": encode_test_depth_png(depth_m),  # NYU's test-depth format: at most 10 m fits
         "_depth_m.npy": buffer.getvalue(),
     }
     if args.side_by_side:

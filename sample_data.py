@@ -33,7 +33,7 @@ from data import (
     write_npy_member,
 )
 from scenes import render_scene
-from utils import UserError, atomic_write, run_main
+from utils import UserError, atomic_write, run_main, write_bytes
 
 # ----------------------------------------------------------------------------- writing the zips
 
@@ -110,8 +110,7 @@ def write_sample_data(out_dir, train_images, test_images, width, height, views_p
     write_training_zip(train_zip, render_all(train_jobs, workers, "training rooms"), test_rgb, test_depth_m)
     write_eigen_zip(test_zip, test_rgb, test_depth_m)
     # A test picture on its own, to try prediction on (evaluate.py --img).
-    with atomic_write(out_dir / "example.png") as file:
-        file.write(encode_picture(test_rgb[0], "PNG"))
+    write_bytes(out_dir / "example.png", encode_picture(test_rgb[0], "PNG"))
     return train_zip, test_zip
 
 

@@ -52,7 +52,7 @@ from loss import DepthLoss
 from metrics import DepthMetrics, crop
 from model import DenseDepth, output_size, predict_depth_m
 from train import build_optimizer, train_step, training_batch
-from utils import atomic_write, autocast, choose_device, choose_precision, cpu_has_native_bf16, precision_name
+from utils import autocast, choose_device, choose_precision, cpu_has_native_bf16, precision_name, write_bytes
 
 
 def get_args_parser():
@@ -501,8 +501,7 @@ def main(args):
     print("\n" + report)
     path = Path(args.out_dir) / "benchmark.json"
     record = {"machine": machine, "rows": rows + loader_rows + evaluation_rows, "accuracy": accuracy}
-    with atomic_write(path) as file:
-        file.write(json.dumps(record, indent=2).encode())
+    write_bytes(path, json.dumps(record, indent=2).encode())
     print(f"\nsaved to {path}")
 
 

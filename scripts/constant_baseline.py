@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data import TRAIN_CSV, DecodeError, EigenTestZip, decode_depth_png, open_training_data, read_pairs  # noqa: E402
 from metrics import DepthMetrics, crop, format_table  # noqa: E402
-from utils import UserError, atomic_write, run_main  # noqa: E402
+from utils import UserError, run_main, write_bytes  # noqa: E402
 
 
 def get_args_parser():
@@ -54,8 +54,8 @@ def main(args):
     print(f"constant depth {constant_m:.3f} m (the training set's mean) on {images} test images, per image:")
     print(format_table(summary["per_image"]))
     if args.output_dir:
-        with atomic_write(Path(args.output_dir) / "baseline_metrics.json") as file:
-            file.write(json.dumps({"constant_depth_m": constant_m, **summary}, indent=2).encode())
+        report = {"constant_depth_m": constant_m, **summary}
+        write_bytes(Path(args.output_dir) / "baseline_metrics.json", json.dumps(report, indent=2).encode())
 
 
 if __name__ == "__main__":
