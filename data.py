@@ -338,31 +338,48 @@ def augment(image, depth_m, generator=None):
 
 
 class TrainingOrder(Sampler):
-    """An epoch's shuffled order, each index paired with a seed for its augmentation.
+    """An epoch's shuffled order, each index paired with a seed for its augmentation, cut into
+    batches of `batch_size` (the global batch: the last, partial one is dropped).
 
-    Both follow from (seed, epoch) alone, so the batches and their augmentation do
-    not depend on the number of workers or on whether the run was stopped and
-    resumed; start() picks the epoch and how many of its samples are done already.
+    Both follow from (seed, epoch) alone, so the batches and their augmentation do not
+    depend on the number of workers, on whether the run was stopped and resumed, or on the
+    number of processes: process `rank` of `world_size` takes its share of each batch, as
+    torch's DistributedSampler would, with mid-epoch starts. start() picks the epoch and how
+    many of its samples (counted over all processes) are done already.
     """
 
-    def __init__(self, num_samples, seed):
+    def __init__(self, num_samples, seed, batch_size, rank=0, world_size=1):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
         self.num_samples = num_samples
         self.seed = seed
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 1
         self.samples_done = 0
+
+    @property
+    def steps_per_epoch(self):
+        return self.num_samples // self.batch_size
 
     def start(self, epoch, samples_done=0):
         self.epoch, self.samples_done = epoch, samples_done
 
+    def _steps_left(self):
+        return (self.num_samples - self.samples_done) // self.batch_size
+
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator)
-        augment_seeds = torch.randint(2**62, (self.num_samples,), generator=generator)
-        done = self.samples_done
-        yield from zip(order[done:].tolist(), augment_seeds[done:].tolist())
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        augment_seeds = torch.randint(2**62, (self.num_samples,), generator=generator).tolist()
+        share = self.batch_size // self.world_size
+        for step in range(self._steps_left()):
+            first = self.samples_done + step * self.batch_size + self.rank * share
+            yield from zip(order[first : first + share], augment_seeds[first : first + share])
 
     def __len__(self):
-        return self.num_samples - self.samples_done
+        return self._steps_left() * (self.batch_size // self.world_size)
 
 
 # ----------------------------------------------------------------------------- the Eigen test zip

@@ -157,7 +157,16 @@ def load_model(path, device):
 
 
 def evaluate_protocol(
-    model, batches, input_size, crop_box, device, dtype=torch.float32, flip=True, total=None, desc="evaluating"
+    model,
+    batches,
+    input_size,
+    crop_box,
+    device,
+    dtype=torch.float32,
+    flip=True,
+    total=None,
+    desc="evaluating",
+    progress_bar=True,
 ):
     """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W)) batches.
 
@@ -168,7 +177,8 @@ def evaluate_protocol(
     metrics = DepthMetrics()
     model.eval()
     with torch.inference_mode():
-        for images, depth_m in tqdm(batches, total=total, desc=desc, unit="batch", leave=False):
+        bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress_bar)
+        for images, depth_m in bar:
             images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
             with autocast(device, dtype):
                 pred_m = predict_depth_m(model, images, input_size, depth_m.shape[-2:], flip)

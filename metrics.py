@@ -17,6 +17,7 @@ They differ only for rms and rms_log.
 import math
 
 import torch
+import torch.distributed as dist
 
 METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rms", "log10", "sq_rel", "rms_log")
 AGGREGATIONS = ("per_image", "pooled")
@@ -64,6 +65,10 @@ class DepthMetrics:
     """
 
     def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """Forget the images added so far."""
         self.term_sums = None  # sums of the _TERMS over all valid pixels
         self.image_metric_sums = None  # sums over images of each image's METRIC_NAMES
         self.counts = None  # valid pixels, invalid pixels, images with a valid pixel
@@ -89,6 +94,19 @@ class DepthMetrics:
         self.term_sums += sums_per_image.sum(dim=0)
         self.image_metric_sums += (per_image * has_pixels.unsqueeze(-1)).sum(dim=0)
         self.counts += torch.stack([pixels_per_image.sum(), (~valid).sum(), has_pixels.sum()])
+
+    def sum_across_processes(self, device):
+        """Add up the sums and counts of all processes of a torch.distributed job, each over its own
+        images, so compute() gives the metrics of all of them as one process would (not an average
+        of averages). Nothing to do without a process group; `device` is the one its backend uses."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        if self.term_sums is None:  # no image here, but the others' sums still come
+            self.term_sums = torch.zeros(len(_TERMS), dtype=torch.float64, device=device)
+            self.image_metric_sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float64, device=device)
+            self.counts = torch.zeros(3, dtype=torch.int64, device=device)
+        for tensor in (self.term_sums, self.image_metric_sums, self.counts):
+            dist.all_reduce(tensor)
 
     def compute(self, aggregation="per_image"):
         """Metrics as a {name: float} dict in METRIC_NAMES order (NaN before any valid pixel)."""

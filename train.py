@@ -8,6 +8,18 @@ A short CPU run on the built-in sample data (see sample_data.py):
 Resume where a run stopped, to the same weights as a run that never stopped:
     python train.py --data_dir nyu_data.zip --batch_size 8 --checkpoint_dir checkpoints --epochs 20 \
         --checkpoint checkpoints/last.pth
+On the GPUs of one machine (or as CPU processes, with gloo), with PyTorch's torchrun:
+    torchrun --nproc_per_node=4 train.py --data_dir nyu_data.zip --batch_size 8 --checkpoint_dir checkpoints \
+        --epochs 20
+On two machines of 4 GPUs each, the same command on both (HOST: the first machine's address):
+    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py \
+        --data_dir nyu_data.zip --batch_size 32 --lr 4e-4 --checkpoint_dir checkpoints --epochs 20
+--batch_size is the global batch, split evenly over the processes (8 over 4 GPUs: 2 each, as
+the paper trained), and --lr applies to it: the same command trains the same recipe on any
+number of processes, an epoch is the same len(train pairs) // batch_size steps, and a run can
+be resumed with another number. Only rank 0 prints, draws and writes checkpoints; --sync_bn
+normalises BatchNorm over the global batch rather than each process's share.
+
 The first Ctrl-C (or SIGTERM, as sent by job schedulers) saves the run's state
 mid-epoch to checkpoint_dir/last.pth and prints that command; a second one quits
 at once. Settings left out when resuming (--input_size, --decoder_width, --lr,
@@ -34,12 +46,14 @@ import contextlib
 import math
 import platform
 import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torchvision
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -72,10 +86,10 @@ from model import (
 from utils import (
     PRECISIONS,
     GracefulStop,
+    SharedError,
     Stopped,
     UserError,
     autocast,
-    choose_device,
     choose_precision,
     default_workers,
     ignore_stop_signals,
@@ -87,6 +101,7 @@ from utils import (
     save_checkpoint,
     seed_everything,
     set_rng_states,
+    start_world,
     writable_dir,
 )
 from visualize import TrainingLog, example_indices, prediction_grid
@@ -94,6 +109,11 @@ from visualize import TrainingLog, example_indices, prediction_grid
 # Settings that define a run. Left out on the command line, they are the checkpoint's when
 # resuming and these otherwise, so a resumed run goes on as the run it continues.
 SETTING_DEFAULTS = {"lr": 1e-4, "decoder_width": 1.0, "input_size": (480, 640), "seed": 0}
+
+
+# Flags for how a run goes rather than what it trains (that, the checkpoint holds): given, they are
+# repeated in the command that resumes it.
+RUN_FLAGS = ("log_interval", "workers", "device", "precision", "max_bad_fraction", "compile", "sync_bn", "dist_url")
 
 
 def get_args_parser():
@@ -104,7 +124,12 @@ def get_args_parser():
         required=True,
         help="Train data: nyu_data.zip, or a directory holding it or its extracted 'data' folder",
     )
-    required.add_argument("--batch_size", type=int, required=True, help="Batch size to process the train data")
+    required.add_argument(
+        "--batch_size",
+        type=int,
+        required=True,
+        help="Batch size to process the train data (under torchrun: the global batch, over all processes)",
+    )
     required.add_argument("--checkpoint_dir", required=True, help="Directory to save checkpoints in")
     required.add_argument("--epochs", type=int, required=True, help="Number of epochs")
     optional = parser.add_argument_group("optional arguments")
@@ -153,6 +178,18 @@ def get_args_parser():
         default=0.01,
         help="share of a split's pairs that may fail to load (skipped and reported) before the run stops",
     )
+    distributed = parser.add_argument_group("several processes (started by torchrun)")
+    distributed.add_argument(
+        "--sync_bn",
+        action="store_true",
+        help="BatchNorm statistics over the global batch rather than each process's share (CUDA only)",
+    )
+    distributed.add_argument(
+        "--dist_url",
+        default="env://",
+        help="how the processes find each other: env:// (torchrun's MASTER_ADDR and MASTER_PORT, the default) "
+        "or file:///a/path/on/a/shared/disk",
+    )
     return parser
 
 
@@ -187,8 +224,22 @@ def resolve_settings(args, checkpoint):
         )
 
 
-def build_loaders(args, device):
-    """Training loader (in TrainingOrder, augmented) and validation loader (the zip's test split)."""
+def check_world(args, world):
+    """The settings that depend on the processes: the global batch splits evenly; --sync_bn wants CUDA."""
+    if args.batch_size % world.size:
+        raise UserError(
+            f"--batch_size {args.batch_size} is the global batch, split over the {world.size} processes; "
+            f"give a multiple of {world.size}"
+        )
+    if args.sync_bn and world.launched and world.device.type != "cuda":
+        raise UserError("--sync_bn needs CUDA GPUs: torch's SyncBatchNorm does not run on the CPU")
+    if args.sync_bn and not world.launched:
+        print("--sync_bn ignored: a single process normalises over the whole batch already")
+
+
+def build_loaders(args, world):
+    """Training loader (this process's share of each global batch, in TrainingOrder, augmented) and
+    validation loader (its share of the zip's test split)."""
     archive = open_training_data(args.data_dir)
     train_set = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
     val_set = NYUDepthDataset(archive, read_pairs(archive, TEST_CSV), augment=False)
@@ -196,25 +247,55 @@ def build_loaders(args, device):
         raise UserError(
             f"{args.data_dir} has {len(train_set)} training pairs, fewer than --batch_size {args.batch_size}"
         )
-    workers = default_workers(device) if args.workers is None else args.workers
+    workers = default_workers(world.device, world.local_size) if args.workers is None else args.workers
     common = {
         "num_workers": workers,
-        "pin_memory": device.type == "cuda",
+        "pin_memory": world.device.type == "cuda",
         "persistent_workers": workers > 0,
         "collate_fn": collate_pairs,
         "worker_init_fn": ignore_stop_signals,
     }
-    order = TrainingOrder(len(train_set), args.seed)
-    train_loader = DataLoader(train_set, args.batch_size, sampler=order, drop_last=True, **common)
-    val_loader = DataLoader(val_set, args.batch_size, shuffle=False, **common)
+    share = args.batch_size // world.size
+    order = TrainingOrder(len(train_set), args.seed, args.batch_size, world.rank, world.size)
+    train_loader = DataLoader(train_set, share, sampler=order, drop_last=True, **common)
+    # Each test pair on one process, none padded in: the sums over processes are the split's own.
+    val_order = range(world.rank, len(val_set), world.size)
+    val_loader = DataLoader(val_set, share, sampler=val_order, **common)
     return train_loader, val_loader
 
 
-def build_model(args, checkpoint):
-    """The model: the checkpoint's weights and width when resuming, else new (ImageNet encoder if asked)."""
-    if checkpoint is None:
-        return DenseDepth(args.decoder_width, pretrained=args.pretrained)
-    return model_from_checkpoint(checkpoint, args.checkpoint)
+def build_model(args, checkpoint, world):
+    """The model on the device, channels_last: the checkpoint's weights and width when resuming, else new
+    (ImageNet encoder if asked); with --sync_bn under torchrun, its BatchNorms synchronised."""
+    if checkpoint is not None:
+        model = model_from_checkpoint(checkpoint, args.checkpoint)
+    else:
+        model = None
+        # The first process on each machine downloads the ImageNet weights; the others then read its copy.
+        for first_on_machine in (True, False):
+            with world.all_or_none():
+                if (world.local_rank == 0) == first_on_machine:
+                    model = DenseDepth(args.decoder_width, pretrained=args.pretrained)
+    if args.sync_bn and world.launched:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(world.device, memory_format=torch.channels_last)
+
+
+def parallelize(model, args, world):
+    """(train_model, eval_model): what the training steps and validation run.
+
+    Under torchrun the steps run DistributedDataParallel, which averages the gradients over
+    the processes; validation runs the plain model, each process on its share of the split,
+    so it needs no collectives. --compile compiles them; checkpoints hold `model`'s weights.
+    """
+    if not world.launched:
+        step_model = torch.compile(model) if args.compile else model
+        return step_model, step_model
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    train_model = DistributedDataParallel(model, device_ids=device_ids)
+    if args.compile:
+        return torch.compile(train_model), torch.compile(model)
+    return train_model, model
 
 
 def build_optimizer(model, args, device):
@@ -261,7 +342,7 @@ class SkippedSamples:
                 self.failed[failure.names] = failure.reason
                 tqdm.write(f"skipped {self.split} pair {failure.names[0]}: {failure.reason}")
         if len(self.failed) > self.limit:
-            raise UserError(
+            raise SharedError(
                 f"{len(self.failed)} of the {self.num_pairs} {self.split} pairs failed to load, more than "
                 f"--max_bad_fraction {self.max_fraction} allows ({self.limit}); the first: "
                 f"{next(iter(self.failed.values()))}"
@@ -291,42 +372,68 @@ def train_step(model, images, depth_m, criterion, optimizer, scaler, device, dty
     return loss.detach(), pred.detach()
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scaler, device, dtype, progress, args, guards, log):
-    """Train on the rest of epoch progress.epoch + 1, keeping `progress` up to date.
+def agreed_batches(loader, world, guards):
+    """The loader's (images, depth_m) batches as far as all processes go on together.
 
-    Returns early, after a whole step, when a stop is requested. Losses are checked
-    at each log line (one device sync per interval, not per step) and go to the log.
+    A stop requested on any process ends the epoch on all before the next step; a step
+    where some process has no pair that loaded gives (None, None) on all, which skip it;
+    failed pairs are added to `skipped` on all, so its limit stops them together.
     """
     stop, skipped = guards
+    for images, depth_m, failures in loader:
+        stop_number, any_missing, any_failed = world.max(stop.number, images is None, len(failures))
+        if stop_number:
+            stop.adopt(stop_number)
+            return
+        if any_failed:
+            skipped.add(world.gather(failures))
+        yield (None, None) if any_missing else (images, depth_m)
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scaler, dtype, progress, args, world, guards, log):
+    """Train on the rest of epoch progress.epoch + 1, keeping `progress` up to date; returns whether
+    a stop request ended it early (after a whole step, on every process).
+
+    Losses are checked at each log line (one device sync per interval, not per step) and go to
+    the log (None on processes other than rank 0).
+    """
     model.train()
-    epoch, steps = progress.epoch + 1, len(loader.dataset) // args.batch_size
+    epoch, steps = progress.epoch + 1, loader.sampler.steps_per_epoch
     first_step = progress.samples_done // args.batch_size + 1
-    interval_losses, interval_metrics = [], DepthMetrics()
+    losses, metrics = [], DepthMetrics()  # of the current log interval
     bar = tqdm(
-        loader,
+        agreed_batches(loader, world, guards),
         desc=f"epoch {epoch}/{args.epochs}",
         initial=first_step - 1,
         total=steps,
         unit="img",
         unit_scale=args.batch_size if args.batch_size > 1 else False,
         dynamic_ncols=True,
+        disable=not world.is_main,
     )
-    for step, (images, depth_m, failures) in enumerate(bar, start=first_step):
-        skipped.add(failures)
+
+    def end_interval(step):
+        loss = report_interval(losses, metrics, epoch, step, steps, progress, args, world)
+        if loss is not None and log is not None:
+            log.add_loss(samples_seen(progress, steps, args.batch_size), loss)
+        bar.set_postfix(loss=f"{progress.loss_sum / max(progress.loss_steps, 1):.4f}")
+        losses.clear()
+        metrics.reset()
+
+    steps_taken = 0
+    for step, (images, depth_m) in enumerate(bar, start=first_step):
         if images is not None:
-            images, depth_m = training_batch(images, depth_m, args.input_size, device)
-            loss, pred = train_step(model, images, depth_m, criterion, optimizer, scaler, device, dtype)
-            interval_losses.append((step, loss))
-            interval_metrics.update(target_to_depth_m(pred.float()), depth_m)
+            images, depth_m = training_batch(images, depth_m, args.input_size, world.device)
+            loss, pred = train_step(model, images, depth_m, criterion, optimizer, scaler, world.device, dtype)
+            losses.append((step, loss))
+            metrics.update(target_to_depth_m(pred.float()), depth_m)
         progress.samples_done += args.batch_size
-        if step % args.log_interval == 0 or step == steps or stop.requested:
-            loss = report_interval(interval_losses, interval_metrics, epoch, step, steps, progress, args)
-            if loss is not None:
-                log.add_loss(samples_seen(progress, steps, args.batch_size), loss)
-            bar.set_postfix(loss=f"{progress.loss_sum / max(progress.loss_steps, 1):.4f}")
-            interval_losses, interval_metrics = [], DepthMetrics()
-        if stop.requested:
-            return
+        steps_taken += 1
+        if step % args.log_interval == 0 or step == steps:
+            end_interval(step)
+    if losses:  # a stop ended the epoch inside a log interval
+        end_interval(first_step + steps_taken - 1)
+    return steps_taken < len(loader)
 
 
 def samples_seen(progress, steps_per_epoch, batch_size):
@@ -334,20 +441,22 @@ def samples_seen(progress, steps_per_epoch, batch_size):
     return progress.epoch * steps_per_epoch * batch_size + progress.samples_done
 
 
-def report_interval(losses, metrics, epoch, step, steps, progress, args):
-    """Check the interval's losses are finite, add them to the epoch's, print a line; returns their mean."""
+def report_interval(losses, metrics, epoch, step, steps, progress, args, world):
+    """Check the interval's losses (averaged over the processes) are finite, add them to the epoch's,
+    print a line; returns their mean."""
     if not losses:
         return None
-    values = torch.stack([loss for _, loss in losses]).float().cpu()
+    values = world.mean(torch.stack([loss for _, loss in losses]).float()).cpu()
     finite = torch.isfinite(values)
     if not finite.all():
         bad_step = losses[int((~finite).nonzero()[0])][0]
-        raise UserError(
+        raise SharedError(
             f"the loss became {values[~finite][0].item()} at epoch {epoch} step {bad_step}; the run stopped "
             f"without saving, {last_good_checkpoint(args)} (try a lower --lr, or look for broken pairs)"
         )
     progress.loss_sum += float(values.sum())
     progress.loss_steps += len(losses)
+    metrics.sum_across_processes(world.device)
     train_metrics = metrics.compute("pooled")
     tqdm.write(
         f"epoch {epoch} step {step}/{steps}: loss {values.mean():.4f}, "
@@ -363,29 +472,39 @@ def last_good_checkpoint(args):
     return "and no checkpoint had been written yet"
 
 
-def validate(model, loader, args, device, dtype, guards):
-    """Metrics on the zip's test split by the evaluation protocol, inside the Eigen crop;
-    None if a stop was requested before the end."""
+def validate(model, loader, args, world, dtype, guards):
+    """Metrics on the zip's test split by the evaluation protocol, inside the Eigen crop: each
+    process takes its share, and their sums and counts are added up before the metrics are
+    taken, as one process would. None if a stop was requested (on any process) before the end."""
     stop, skipped = guards
+    failures = []
 
     def batches():
-        for images, depth_m, failures in loader:
-            skipped.add(failures)
+        for images, depth_m, failed in loader:
+            failures.extend(failed)
             if stop.requested:
                 return
             if images is not None:
                 yield images, depth_m
 
     metrics = evaluate_protocol(
-        model, batches(), args.input_size, None, device, dtype, total=len(loader), desc="validating"
-    )
-    return None if stop.requested else metrics.compute("per_image")
+        model, batches(), args.input_size, None, world.device, dtype, total=len(loader), desc="validating",
+        progress_bar=world.is_main,
+    )  # fmt: skip
+    stop_number, any_failed = world.max(stop.number, len(failures))
+    if any_failed:
+        skipped.add(world.gather(failures))
+    if stop_number:
+        stop.adopt(stop_number)
+        return None
+    metrics.sum_across_processes(world.device)
+    return metrics.compute("per_image")
 
 
-def make_checkpoint(model, optimizer, scaler, progress, args, val_metrics):
+def make_checkpoint(model, optimizer, scaler, progress, args, world, val_metrics):
     """Everything to resume the run exactly and to use the model; refuses weights that are not finite."""
     if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-        raise UserError(
+        raise SharedError(
             f"the weights are no longer finite; the run stopped without saving, {last_good_checkpoint(args)}"
         )
     return {
@@ -395,6 +514,7 @@ def make_checkpoint(model, optimizer, scaler, progress, args, val_metrics):
         **asdict(progress),
         "val_metrics": val_metrics,
         "rng": rng_states(),
+        "world_size": world.size,
         "args": {key: list(value) if isinstance(value, tuple) else value for key, value in vars(args).items()},
         "config": model_config(model, args.input_size),
         "versions": {
@@ -405,7 +525,15 @@ def make_checkpoint(model, optimizer, scaler, progress, args, val_metrics):
     }
 
 
-def resume(checkpoint, optimizer, scaler, args):
+def save_on_main(world, state, *paths):
+    """Rank 0 writes the checkpoint; should that fail, every process stops with its error."""
+    with world.all_or_none():
+        if world.is_main:
+            for path in paths:
+                save_checkpoint(state, path)
+
+
+def resume(checkpoint, optimizer, scaler, args, world):
     """Restore the optimizer, scaler and random generators; returns the run's Progress."""
     optimizer.load_state_dict(checkpoint["optimizer"])
     if "scaler" in checkpoint:
@@ -416,38 +544,52 @@ def resume(checkpoint, optimizer, scaler, args):
     progress = Progress(**fields)
     position = f"epoch {progress.epoch + 1}, sample {progress.samples_done}" if progress.samples_done else ""
     print(f"resumed from {args.checkpoint} after epoch {progress.epoch}" + (f" ({position})" if position else ""))
+    saved_by = checkpoint.get("world_size", 1)
+    if saved_by != world.size:
+        print(f"the run was saved by {saved_by} processes and goes on with {world.size}, on the same global batches")
     return progress
 
 
-def resume_command(args, path):
+def resume_command(args, path, world):
     """The command line that resumes this run from checkpoint `path`."""
     flags = ["--data_dir", args.data_dir, "--batch_size", args.batch_size, "--checkpoint_dir", args.checkpoint_dir]
     flags += ["--epochs", args.epochs, "--checkpoint", path]
-    return "python train.py " + shlex.join(str(flag) for flag in flags)
+    parser = get_args_parser()
+    for name in RUN_FLAGS:
+        value = getattr(args, name)
+        if value != parser.get_default(name):
+            flags += [f"--{name}"] if value is True else [f"--{name}", value]
+    if not world.launched:
+        launcher = "python"
+    elif world.local_size == world.size:
+        launcher = f"torchrun --nproc_per_node={world.size}"
+    else:  # several machines: their rendezvous flags are torchrun's, not known here
+        launcher = "torchrun (this run's flags, on each machine)"
+    script = sys.argv[0] if Path(sys.argv[0]).name == "train.py" else "train.py"  # as it was started
+    return f"{launcher} {shlex.quote(script)} " + shlex.join(str(flag) for flag in flags)
 
 
-def stop_run(stop, state, progress, args):
+def stop_run(stop, state, progress, args, world):
     """Save the state of a run stopped by a signal and raise Stopped with how to resume it."""
     path = Path(args.checkpoint_dir) / "last.pth"
-    save_checkpoint(state, path)
+    save_on_main(world, state, path)
     raise Stopped(
         f"stopped by {stop.signal.name} in epoch {progress.epoch + 1} after step "
         f"{progress.samples_done // args.batch_size}; saved {path}. "
-        f"Resume with: {resume_command(args, path)}",
+        f"Resume with: {resume_command(args, path, world)}",
         stop.exit_code,
     )
 
 
-def end_epoch(model, optimizer, scaler, progress, args, val_metrics, seconds):
+def end_epoch(model, optimizer, scaler, progress, args, world, val_metrics, seconds):
     """Report the finished epoch and save it as last.pth, and as best.pth when its abs rel is the lowest yet."""
     is_best = progress.finish_epoch(val_metrics, seconds)
     row = progress.history[-1]
     print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, {seconds:.0f} s; test split (per image):")
     print(format_table(val_metrics))
-    state = make_checkpoint(model, optimizer, scaler, progress, args, val_metrics)
-    save_checkpoint(state, Path(args.checkpoint_dir) / "last.pth")
-    if is_best:
-        save_checkpoint(state, Path(args.checkpoint_dir) / "best.pth")
+    state = make_checkpoint(model, optimizer, scaler, progress, args, world, val_metrics)
+    checkpoint_dir = Path(args.checkpoint_dir)
+    save_on_main(world, state, checkpoint_dir / "last.pth", *([checkpoint_dir / "best.pth"] if is_best else []))
 
 
 def preview_samples(dataset, count=4):
@@ -483,51 +625,73 @@ def summarize(progress, args, log):
     print(f"files in {args.checkpoint_dir}: {files}")
 
 
-def main(args):
-    check_args(args)
-    checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
-    resolve_settings(args, checkpoint)
-    remove_partial_writes(writable_dir(args.checkpoint_dir, "--checkpoint_dir"), "*.pth")
-    seed_everything(args.seed)
-    device = choose_device(args.device)
-    dtype = choose_precision(args.precision, device)
-    train_loader, val_loader = build_loaders(args, device)
-    model = build_model(args, checkpoint).to(device, memory_format=torch.channels_last)
-    # The compiled wrapper runs the steps; checkpoints hold the plain model's weights.
-    step_model = torch.compile(model) if args.compile else model
-    criterion = DepthLoss()
-    optimizer = build_optimizer(model, args, device)
-    # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    progress = resume(checkpoint, optimizer, scaler, args) if checkpoint is not None else Progress()
+def describe_run(model, train_loader, val_loader, args, world, dtype):
+    processes = ""
+    if world.launched:
+        backend = "nccl" if world.device.type == "cuda" else "gloo"
+        processes = (
+            f"; {world.size} processes ({backend}), each {args.batch_size // world.size} of the global batch "
+            f"of {args.batch_size}"
+        )
     print(
         f"DenseDepth, decoder width {model.decoder_width}, {count_parameters(model) / 1e6:.2f} M parameters, "
-        f"on {device} in {precision_name(dtype)}; {len(train_loader.dataset)} training pairs, "
+        f"on {world.device} in {precision_name(dtype)}{processes}; {len(train_loader.dataset)} training pairs, "
         f"{len(val_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}"
     )
-    preview = preview_samples(val_loader.dataset)
-    skipped_train = SkippedSamples("training", len(train_loader.dataset), args.max_bad_fraction)
-    skipped_val = SkippedSamples("test", len(val_loader.dataset), args.max_bad_fraction)
 
-    if progress.epoch >= args.epochs:
-        print(f"{args.checkpoint} has finished {progress.epoch} epochs already; raise --epochs to train on")
-    log = TrainingLog(args.checkpoint_dir, samples_seen(progress, len(train_loader), args.batch_size))
-    with GracefulStop() as stop, contextlib.closing(log):
-        for epoch in range(progress.epoch + 1, args.epochs + 1):
-            started = time.time()
-            train_loader.sampler.start(epoch, progress.samples_done)
-            train_one_epoch(
-                step_model, train_loader, criterion, optimizer, scaler, device, dtype, progress, args,
-                (stop, skipped_train), log,
-            )  # fmt: skip
-            if not stop.requested:
-                val_metrics = validate(step_model, val_loader, args, device, dtype, (stop, skipped_val))
-            if stop.requested:  # in training or validation: save where the run is, say how to go on
-                stop_run(stop, make_checkpoint(model, optimizer, scaler, progress, args, None), progress, args)
-            end_epoch(model, optimizer, scaler, progress, args, val_metrics, time.time() - started)
-            grid = preview_grid(model, preview, args, device, dtype, progress.epoch)
-            log.end_epoch(progress.history, grid, samples_seen(progress, len(train_loader), args.batch_size))
-    summarize(progress, args, log)
+
+def main(args):
+    check_args(args)
+    with start_world(args.device, args.dist_url) as world:
+        with world.all_or_none():  # a file one machine lacks stops every process, reported once
+            checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
+            resolve_settings(args, checkpoint)
+            check_world(args, world)
+            if world.is_main:
+                remove_partial_writes(writable_dir(args.checkpoint_dir, "--checkpoint_dir"), "*.pth")
+            seed_everything(args.seed)
+            dtype = choose_precision(args.precision, world.device)
+            train_loader, val_loader = build_loaders(args, world)
+        model = build_model(args, checkpoint, world)
+        train_model, eval_model = parallelize(model, args, world)
+        criterion = DepthLoss()
+        optimizer = build_optimizer(model, args, world.device)
+        # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
+        scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
+        progress = resume(checkpoint, optimizer, scaler, args, world) if checkpoint is not None else Progress()
+        describe_run(model, train_loader, val_loader, args, world, dtype)
+        preview = preview_samples(val_loader.dataset) if world.is_main else []
+        skipped_train = SkippedSamples("training", len(train_loader.dataset), args.max_bad_fraction)
+        skipped_val = SkippedSamples("test", len(val_loader.dataset), args.max_bad_fraction)
+
+        if progress.epoch >= args.epochs:
+            print(f"{args.checkpoint} has finished {progress.epoch} epochs already; raise --epochs to train on")
+        steps = train_loader.sampler.steps_per_epoch
+        log = None
+        with world.all_or_none():
+            if world.is_main:
+                log = TrainingLog(args.checkpoint_dir, samples_seen(progress, steps, args.batch_size))
+        with GracefulStop(announce=world.is_main) as stop, contextlib.closing(log) if log else contextlib.nullcontext():
+            for epoch in range(progress.epoch + 1, args.epochs + 1):
+                started = time.time()
+                train_loader.sampler.start(epoch, progress.samples_done)
+                stopped = train_one_epoch(
+                    train_model, train_loader, criterion, optimizer, scaler, dtype, progress, args, world,
+                    (stop, skipped_train), log,
+                )  # fmt: skip
+                val_metrics = (
+                    None if stopped else validate(eval_model, val_loader, args, world, dtype, (stop, skipped_val))
+                )
+                if val_metrics is None:  # stopped in training or validation: save where the run is, say how to go on
+                    state = make_checkpoint(model, optimizer, scaler, progress, args, world, None)
+                    stop_run(stop, state, progress, args, world)
+                end_epoch(model, optimizer, scaler, progress, args, world, val_metrics, time.time() - started)
+                with world.all_or_none():  # rank 0 draws and logs the epoch
+                    if world.is_main:
+                        grid = preview_grid(model, preview, args, world.device, dtype, progress.epoch)
+                        log.end_epoch(progress.history, grid, samples_seen(progress, steps, args.batch_size))
+        if world.is_main:
+            summarize(progress, args, log)
 
 
 if __name__ == "__main__":

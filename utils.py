@@ -1,4 +1,5 @@
-"""Helpers shared by the scripts: user-facing errors, device choice, seeding, checkpoints, logging."""
+"""Helpers shared by the scripts: user-facing errors, device choice, torchrun's processes, seeding,
+checkpoints."""
 
 import contextlib
 import os
@@ -7,10 +8,12 @@ import signal
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 class UserError(Exception):
@@ -25,16 +28,28 @@ class Stopped(Exception):
         self.exit_code = exit_code
 
 
+class SharedError(UserError):
+    """A UserError that every process of a torchrun job raises together: decided from values they
+    all share (summed or gathered losses, failures, the synchronised weights) or by World.all_or_none."""
+
+
 def run_main(main, args):
     """Run a script's main(args): a UserError becomes one line on stderr and exit status 2,
-    a Stopped run its message and the shell's status for its signal (130 for Ctrl-C)."""
+    a Stopped run its message and the shell's status for its signal (130 for Ctrl-C).
+
+    Under torchrun, rank 0 alone reports what every process raised together (a SharedError,
+    a Stopped run); another rank's own error is printed with its rank.
+    """
+    rank = int(os.environ.get("RANK", "0"))
     try:
         main(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if rank == 0 or not isinstance(err, SharedError):
+            print(f"error: {'' if rank == 0 else f'rank {rank}: '}{err}", file=sys.stderr)
         sys.exit(2)
     except Stopped as stop:
-        print(stop, file=sys.stderr)
+        if rank == 0:
+            print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -48,8 +63,9 @@ class GracefulStop:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, announce=True):
         self.signal = None
+        self.announce = announce  # say what happens on stderr (off for torchrun's ranks but 0)
         self._previous = {}
 
     def __enter__(self):
@@ -64,16 +80,27 @@ class GracefulStop:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signal.Signals(number)
-        print(
-            f"\n{self.signal.name} received: saving a checkpoint at the next step "
-            "(send it again to quit at once without saving)",
-            file=sys.stderr,
-            flush=True,
-        )
+        if self.announce:
+            print(
+                f"\n{self.signal.name} received: saving a checkpoint at the next step "
+                "(send it again to quit at once without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     @property
     def requested(self):
         return self.signal is not None
+
+    @property
+    def number(self):
+        """The signal's number, 0 if none came: what processes compare to agree on stopping."""
+        return int(self.signal or 0)
+
+    def adopt(self, number):
+        """Stop for signal `number` as well, when another process received it (0: nothing to adopt)."""
+        if number and self.signal is None:
+            self.signal = signal.Signals(number)
 
     @property
     def exit_code(self):
@@ -148,10 +175,128 @@ def precision_name(dtype):
     return {value: key for key, value in _DTYPES.items()}[dtype]
 
 
-def default_workers(device):
-    """DataLoader workers: a few per GPU; on the CPU leave the cores to the model."""
-    cpus = os.cpu_count() or 1
-    return min(8, cpus) if device.type == "cuda" else min(4, cpus // 2)
+def default_workers(device, processes=1):
+    """DataLoader workers for each of `processes` on this machine: a few per GPU; on the CPU
+    leave the cores to the model."""
+    cpus = (os.cpu_count() or 1) // processes
+    return min(8, max(cpus, 1)) if device.type == "cuda" else min(4, cpus // 2)
+
+
+# ----------------------------------------------------------------------------- torchrun's processes
+
+
+@dataclass
+class World:
+    """The processes of a run and this one's place among them: a plain `python train.py` is a
+    World of one; under torchrun (`launched`) there is a process group, even of one process.
+
+    Small agreements between processes (stop requests, failed pairs, errors) go through a gloo
+    group on the CPU, so they never wait for a GPU; tensors go through the device's own group.
+    """
+
+    device: torch.device
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # among the processes on this machine
+    local_size: int = 1
+    launched: bool = False
+    control_group: object = None  # None: the default group (itself gloo on the CPU)
+
+    @property
+    def is_main(self):
+        """Rank 0: the process that writes checkpoints, logs and pictures, and prints."""
+        return self.rank == 0
+
+    def max(self, *values):
+        """The largest of each integer over all processes, on every process."""
+        if self.size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.control_group)
+        return tuple(tensor.tolist())
+
+    def mean(self, tensor):
+        """The element-wise mean of `tensor` (on this process's device) over all processes."""
+        if self.size == 1:
+            return tensor
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total / self.size
+
+    def gather(self, items):
+        """Every process's list of (picklable) items joined in rank order, on every process."""
+        if self.size == 1:
+            return list(items)
+        parts = [None] * self.size
+        dist.all_gather_object(parts, list(items), group=self.control_group)
+        return [item for part in parts for item in part]
+
+    @contextlib.contextmanager
+    def all_or_none(self):
+        """A block every process runs: a UserError in it on any of them is raised on all, once
+        all got to its end, so none is left waiting for the others (rank 0's, else the first)."""
+        if self.size == 1:
+            yield
+            return
+        error = None
+        try:
+            yield
+        except UserError as err:
+            error = str(err)
+        errors = self.gather([(self.rank, error)] if error else [])
+        if errors:
+            rank, message = errors[0]
+            raise SharedError(message if rank == 0 else f"on rank {rank}: {message}")
+
+
+def launched_by_torchrun():
+    return {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= os.environ.keys()
+
+
+@contextlib.contextmanager
+def start_world(device_name="auto", dist_url="env://"):
+    """The World of this process, its device chosen once: one process, or under torchrun (which
+    sets RANK, WORLD_SIZE, LOCAL_RANK) a process group for the block, NCCL on GPUs, gloo on the
+    CPU. Other ranks' standard output is discarded: rank 0 prints for the run."""
+    if not launched_by_torchrun():
+        yield World(choose_device(device_name))
+        return
+    env = os.environ
+    rank, size, local_rank = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    local_size = int(env.get("LOCAL_WORLD_SIZE", size))
+    device = process_device(device_name, local_rank, local_size)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", init_method=dist_url, rank=rank, world_size=size, device_id=device)
+    else:
+        dist.init_process_group("gloo", init_method=dist_url, rank=rank, world_size=size)
+    try:
+        control_group = dist.new_group(backend="gloo") if device.type == "cuda" else None
+        world = World(device, rank, size, local_rank, local_size, launched=True, control_group=control_group)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(sys.stdout if rank == 0 else devnull):
+            yield world
+    finally:
+        dist.destroy_process_group()
+
+
+def process_device(name, local_rank, local_size):
+    """The device of torchrun's process `local_rank`: GPU number local_rank for --device auto or
+    cuda (auto falls back to the CPU without CUDA), or the CPU."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if name not in ("auto", "cuda"):
+        raise UserError(
+            f"--device {name}: under torchrun each process takes its own GPU (number LOCAL_RANK); "
+            "give --device cuda, auto or cpu"
+        )
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda asked for CUDA, but torch sees no CUDA device here")
+    if local_size > torch.cuda.device_count():
+        raise UserError(
+            f"torchrun started {local_size} processes on this machine, which has {torch.cuda.device_count()} "
+            f"GPUs; give --nproc_per_node={torch.cuda.device_count()} or fewer"
+        )
+    return torch.device("cuda", local_rank)
 
 
 def seed_everything(seed):
@@ -168,18 +313,19 @@ def rng_states():
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Only this process's GPU: asking for all of them would open a CUDA context on each.
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
     }
 
 
 def set_rng_states(states):
-    """Restore what rng_states() returned (CUDA states only where the same GPUs are present)."""
+    """Restore what rng_states() returned (the CUDA state on the current GPU, where there is one)."""
     random.setstate(_as_tuples(states["python"]))
     kind, keys, position, has_gauss, cached_gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if isinstance(states["cuda"], torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 def _as_tuples(value):

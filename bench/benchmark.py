@@ -215,7 +215,7 @@ def case_loader_speed(zip_path, fast, samples):
     dataset = make_dataset(zip_path, fast)
     count = min(samples, len(dataset))
     # train.py's items: an index with its augmentation seed
-    items = list(TrainingOrder(len(dataset), seed=0))[:count] if fast else range(count)
+    items = list(TrainingOrder(len(dataset), seed=0, batch_size=1))[:count] if fast else range(count)
     dataset[items[0]]
     started = time.perf_counter()
     for item in items:
@@ -249,7 +249,7 @@ def case_loader_memory(zip_path, fast, workers, batches, start_method):
     torch.manual_seed(0)
     dataset = make_dataset(zip_path, fast)
     context = multiprocessing.get_context(start_method)
-    order = {"sampler": TrainingOrder(len(dataset), seed=0), "collate_fn": collate_pairs} if fast else {"shuffle": True}
+    order = {"sampler": TrainingOrder(len(dataset), 0, 8), "collate_fn": collate_pairs} if fast else {"shuffle": True}
     loader = DataLoader(dataset, batch_size=8, num_workers=workers, multiprocessing_context=context, **order)
     iterator = iter(loader)
     for _ in range(min(batches, len(loader))):

@@ -208,17 +208,40 @@ def test_training_samples_shapes_units_and_augmentation(tiny_zips):
 
 
 def test_training_order_depends_on_seed_and_epoch_alone_and_starts_mid_epoch():
-    order = TrainingOrder(10, seed=3)
+    order = TrainingOrder(10, seed=3, batch_size=1)
     order.start(epoch=2)
     epoch_two = list(order)
     assert sorted(index for index, _ in epoch_two) == list(range(10)) and len(order) == 10
-    assert list(TrainingOrder(10, seed=3)) != epoch_two  # epoch 1 differs
-    again = TrainingOrder(10, seed=3)
+    assert list(TrainingOrder(10, seed=3, batch_size=1)) != epoch_two  # epoch 1 differs
+    again = TrainingOrder(10, seed=3, batch_size=1)
     again.start(epoch=2, samples_done=4)
     assert list(again) == epoch_two[4:] and len(again) == 6
-    other_seed = TrainingOrder(10, seed=4)
+    other_seed = TrainingOrder(10, seed=4, batch_size=1)
     other_seed.start(epoch=2)
     assert list(other_seed) != epoch_two
+    whole_batches = TrainingOrder(10, seed=3, batch_size=4)
+    whole_batches.start(epoch=2)
+    assert list(whole_batches) == epoch_two[:8] and whole_batches.steps_per_epoch == 2  # the partial batch dropped
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_processes_share_each_global_batch_and_resume_with_another_count(world_size):
+    """Each global batch of 6 is split over the processes in rank order; resuming at sample 6
+    with another number of processes goes on with the same batches."""
+    one = TrainingOrder(20, seed=1, batch_size=6)
+    one.start(epoch=3)
+    batches = [list(one)[start : start + 6] for start in range(0, 18, 6)]
+    shares = []
+    for rank in range(world_size):
+        order = TrainingOrder(20, seed=1, batch_size=6, rank=rank, world_size=world_size)
+        order.start(epoch=3, samples_done=6)
+        assert len(order) == 2 * 6 // world_size
+        items = list(order)
+        shares.append([items[start : start + 6 // world_size] for start in range(0, len(items), 6 // world_size)])
+    for step, batch in enumerate(batches[1:]):
+        assert [item for share in shares for item in share[step]] == batch
+    with pytest.raises(ValueError, match="does not split"):
+        TrainingOrder(20, seed=1, batch_size=6, rank=0, world_size=4)
 
 
 def test_an_augmentation_seed_gives_the_same_sample_anywhere(tiny_zips):

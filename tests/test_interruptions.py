@@ -126,7 +126,8 @@ def test_sigterm_to_the_whole_process_group_with_workers(straight_run, tiny_zips
     )
     assert result.returncode == 0, result.stderr
     resumed = torch.load(tmp_path / "last.pth", weights_only=True)
-    assert resumed["args"]["decoder_width"] == 0.0625 and resumed["args"]["workers"] is None  # from the checkpoint
+    assert resumed["args"]["decoder_width"] == 0.0625  # from the checkpoint
+    assert resumed["args"]["workers"] == 2 and resumed["args"]["log_interval"] == 1  # repeated in the command
     assert_same_weights(resumed["model"], straight_run["model"])
 
 
