@@ -10,6 +10,7 @@ import torch
 from utils import (
     GracefulStop,
     UserError,
+    World,
     atomic_write,
     choose_device,
     load_checkpoint,
@@ -27,10 +28,9 @@ def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
         file.write(b"first")
     assert path.read_bytes() == b"first"
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-    with pytest.raises(RuntimeError):
-        with atomic_write(path) as file:
-            file.write(b"half of the sec")
-            raise RuntimeError("killed half-way")
+    with pytest.raises(RuntimeError), atomic_write(path) as file:
+        file.write(b"half of the sec")
+        raise RuntimeError("killed half-way")
     assert path.read_bytes() == b"first"
     assert os.listdir(path.parent) == ["file.bin"]  # no temporary file left behind
 
@@ -96,6 +96,33 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA"):
             choose_device("cuda")
+
+
+def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
+    import utils
+
+    assert utils.process_device("cpu", 1, 2) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert utils.process_device("auto", 1, 2) == torch.device("cpu")
+    with pytest.raises(UserError, match="no CUDA"):
+        utils.process_device("cuda", 0, 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert utils.process_device("auto", 1, 2) == torch.device("cuda", 1)
+    assert utils.process_device("cuda", 0, 2) == torch.device("cuda", 0)
+    with pytest.raises(UserError, match="--device cuda:1: under torchrun each process takes its own GPU"):
+        utils.process_device("cuda:1", 0, 2)
+    with pytest.raises(UserError, match="started 4 processes on this machine, which has 2 GPUs"):
+        utils.process_device("cuda", 3, 4)
+
+
+def test_a_world_of_one_process_needs_no_process_group():
+    world = World(torch.device("cpu"))
+    assert world.is_main and not world.launched
+    assert world.max(3, True, 0) == (3, True, 0) and world.gather([1, 2]) == [1, 2]
+    assert torch.equal(world.mean(torch.tensor([1.0, 3.0])), torch.tensor([1.0, 3.0]))
+    with pytest.raises(UserError, match="as it was"), world.all_or_none():
+        raise UserError("as it was")
 
 
 def test_graceful_stop_asks_once_then_interrupts(capsys):
