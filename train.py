@@ -546,7 +546,8 @@ def resume(checkpoint, optimizer, scaler, args, world):
     print(f"resumed from {args.checkpoint} after epoch {progress.epoch}" + (f" ({position})" if position else ""))
     saved_by = checkpoint.get("world_size", 1)
     if saved_by != world.size:
-        print(f"the run was saved by {saved_by} processes and goes on with {world.size}, on the same global batches")
+        processes = f"{saved_by} process" + ("es" if saved_by > 1 else "")
+        print(f"the run was saved by {processes} and goes on with {world.size}, on the same global batches")
     return progress
 
 
