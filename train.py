@@ -12,10 +12,10 @@ On the GPUs of one machine (or as CPU processes, with gloo), with PyTorch's torc
     torchrun --nproc_per_node=4 train.py --data_dir nyu_data.zip --batch_size 8 --checkpoint_dir checkpoints \
         --epochs 20
 On two machines of 4 GPUs each, the same command on both (HOST: the first machine's address):
-    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py \
-        --data_dir nyu_data.zip --batch_size 32 --lr 4e-4 --checkpoint_dir checkpoints --epochs 20
---batch_size is the global batch, split evenly over the processes (8 over 4 GPUs: 2 each, as
-the paper trained), and --lr applies to it: the same command trains the same recipe on any
+    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --rdzv_id=nyu \
+        train.py --data_dir nyu_data.zip --batch_size 32 --lr 4e-4 --checkpoint_dir checkpoints --epochs 20
+--batch_size is the global batch, split evenly over the processes (8 over 4 GPUs: 2 each),
+and --lr applies to it: the same command trains the same recipe on any
 number of processes, an epoch is the same len(train pairs) // batch_size steps, and a run can
 be resumed with another number. Only rank 0 prints, draws and writes checkpoints; --sync_bn
 normalises BatchNorm over the global batch rather than each process's share.
