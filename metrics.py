@@ -80,9 +80,7 @@ class DepthMetrics:
         pred_m = pred_m.detach().flatten(1).double()
         gt_m = gt_m.detach().flatten(1).double().to(pred_m.device)
         if self.term_sums is None:
-            self.term_sums = pred_m.new_zeros(len(_TERMS))
-            self.image_metric_sums = pred_m.new_zeros(len(METRIC_NAMES))
-            self.counts = pred_m.new_zeros(3, dtype=torch.int64)
+            self._start(pred_m.device)
         valid = torch.isfinite(gt_m) & (gt_m > 0)
         terms = pixel_terms(torch.where(valid, pred_m, 1.0), torch.where(valid, gt_m, 1.0))
         sums_per_image = (terms * valid.unsqueeze(-1)).sum(dim=1)  # (N, terms)
@@ -102,11 +100,14 @@ class DepthMetrics:
         if not (dist.is_available() and dist.is_initialized()):
             return
         if self.term_sums is None:  # no image here, but the others' sums still come
-            self.term_sums = torch.zeros(len(_TERMS), dtype=torch.float64, device=device)
-            self.image_metric_sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float64, device=device)
-            self.counts = torch.zeros(3, dtype=torch.int64, device=device)
+            self._start(device)
         for tensor in (self.term_sums, self.image_metric_sums, self.counts):
             dist.all_reduce(tensor)
+
+    def _start(self, device):
+        self.term_sums = torch.zeros(len(_TERMS), dtype=torch.float64, device=device)
+        self.image_metric_sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float64, device=device)
+        self.counts = torch.zeros(3, dtype=torch.int64, device=device)
 
     def compute(self, aggregation="per_image"):
         """Metrics as a {name: float} dict in METRIC_NAMES order (NaN before any valid pixel)."""
