@@ -432,7 +432,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, dtype, progress
         if step % args.log_interval == 0 or step == steps:
             end_interval(step)
     if losses:  # a stop ended the epoch inside a log interval
-        end_interval(first_step + steps_taken - 1)
+        end_interval(step)
     return steps_taken < len(loader)
 
 

@@ -81,6 +81,22 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_the_same_weights(
     assert resumed["loss_sum"] == 0 and resumed["epoch"] == 2
 
 
+def test_a_stop_inside_a_log_interval_keeps_its_losses(tiny_zips, tmp_path, monkeypatch):
+    real_step, calls = train.train_step, []
+
+    def step_with_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", step_with_ctrl_c)
+    with pytest.raises(Stopped, match="stopped by SIGINT in epoch 1 after step 2"):
+        train_in_process(tiny_zips[0], tmp_path, 1, "--workers", 0, "--log_interval", 100)
+    saved = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert (saved["samples_done"], saved["loss_steps"]) == (4, 2) and saved["loss_sum"] > 0
+
+
 def test_a_stop_during_validation_resumes_with_the_validation(straight_run, tiny_zips, tmp_path, monkeypatch):
     real_protocol = train.evaluate_protocol
 
