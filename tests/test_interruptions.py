@@ -52,19 +52,26 @@ def test_resuming_after_an_epoch_gives_the_same_weights(straight_run, tiny_zips,
     assert_same_weights(resumed["optimizer"]["state"][5], straight_run["optimizer"]["state"][5])
 
 
-def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_the_same_weights(
-    straight_run, tiny_zips, tmp_path, monkeypatch
-):
-    # The signal arrives during the 6th step (epoch 2, step 2): the step ends, then the run saves and stops.
+def ctrl_c_during_step(number, monkeypatch):
+    """Make train.py's step `number` (counted from 1 over the run) send this process a SIGINT;
+    returns the real train_step."""
     real_step, calls = train.train_step, []
 
     def step_with_ctrl_c(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 6:
+        if len(calls) == number:
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_step", step_with_ctrl_c)
+    return real_step
+
+
+def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_the_same_weights(
+    straight_run, tiny_zips, tmp_path, monkeypatch
+):
+    # The signal arrives during the 6th step (epoch 2, step 2): the step ends, then the run saves and stops.
+    real_step = ctrl_c_during_step(6, monkeypatch)
     handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Stopped) as stopped:
         train_in_process(tiny_zips[0], tmp_path, 2, "--workers", 0)
@@ -82,15 +89,7 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_the_same_weights(
 
 
 def test_a_stop_inside_a_log_interval_keeps_its_losses(tiny_zips, tmp_path, monkeypatch):
-    real_step, calls = train.train_step, []
-
-    def step_with_ctrl_c(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_step", step_with_ctrl_c)
+    ctrl_c_during_step(2, monkeypatch)
     with pytest.raises(Stopped, match="stopped by SIGINT in epoch 1 after step 2"):
         train_in_process(tiny_zips[0], tmp_path, 1, "--workers", 0, "--log_interval", 100)
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
