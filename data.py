@@ -34,7 +34,7 @@ try:  # several times faster than PIL; deprecated in torchvision 0.29 in favour 
 except ImportError:  # a torchvision without it: decode with PIL
     decode_image = None
 
-from model import depth_m_to_target, resize, target_to_depth_m
+from model import NYU_DEPTH_RANGE, depth_m_to_target, resize, target_to_depth_m
 from utils import UserError
 
 TRAIN_CSV = "data/nyu2_train.csv"
@@ -235,9 +235,10 @@ def scaled_eigen_crop(height, width):
 # ----------------------------------------------------------------------------- datasets
 
 
-def downsample_depth_m(depth_m, size):
-    """Resize (N, 1, H, W) depth to `size` the way DenseDepth does: in the target space y = 1000 / depth_cm."""
-    return target_to_depth_m(resize(depth_m_to_target(depth_m), size))
+def downsample_depth_m(depth_m, size, depth_range=NYU_DEPTH_RANGE):
+    """Resize (N, 1, H, W) depth to `size` the way DenseDepth does: in the target space of
+    depth_range (y = 1000 / depth_cm for NYU)."""
+    return target_to_depth_m(resize(depth_m_to_target(depth_m, depth_range), size), depth_range)
 
 
 class NYUDepthDataset(Dataset):

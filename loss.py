@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import TARGET_RANGE
+from model import NYU_DEPTH_RANGE
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -67,12 +67,14 @@ def gradient_loss(pred, target):
 
 
 class DepthLoss(nn.Module):
-    """L = l1_weight * L1(y, y_hat) + L_grad + clip((1 - SSIM) / 2, 0, 1); computed in fp32."""
+    """L = l1_weight * L1(y, y_hat) + L_grad + clip((1 - SSIM) / 2, 0, 1) on the targets y of
+    depth_range (whose value range sets the SSIM constants); computed in fp32."""
 
-    def __init__(self, l1_weight=0.1, value_range=TARGET_RANGE):
+    def __init__(self, depth_range=NYU_DEPTH_RANGE, l1_weight=0.1):
         super().__init__()
+        self.depth_range = depth_range
+        self.value_range = depth_range.target_range
         self.l1_weight = l1_weight
-        self.value_range = value_range
 
     def forward(self, pred, target):
         pred, target = pred.float(), target.float()

@@ -1,11 +1,15 @@
 """DenseDepth: a DenseNet-169 encoder and an upsampling decoder with skip connections.
 
 The network takes RGB images in [0, 1] (N, 3, H, W) and returns the depth target
-y = MAX_DEPTH_CM / depth_cm at half the input resolution (N, 1, H/2, W/2).
-`target_to_depth_m` and `depth_m_to_target` are the one place where that
-parametrisation and its inverse live; training, evaluation and prediction all
-go through them.
+y = max_depth / depth at half the input resolution (N, 1, H/2, W/2): for NYU Depth
+v2, y = 1000 / depth_cm with depth in [10, 1000] cm. A model's `depth_range` holds
+that parametrisation and its inverse (`depth_m_to_target`, `target_to_depth_m`);
+training, evaluation and prediction all go through them. A model's `variant` holds
+the details in which the authors' released Keras models differ from this project's
+own (weights.py reads them from each file).
 """
+
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +18,45 @@ from torchvision.models import DenseNet169_Weights, densenet169
 
 from utils import UserError
 
-MIN_DEPTH_CM = 10.0
-MAX_DEPTH_CM = 1000.0
-MIN_DEPTH_M = MIN_DEPTH_CM / 100
-MAX_DEPTH_M = MAX_DEPTH_CM / 100
-# Value range of the target y (1 .. 100); the SSIM constants are built from it.
-TARGET_RANGE = MAX_DEPTH_CM / MIN_DEPTH_CM
+
+@dataclass(frozen=True)
+class DepthRange:
+    """The depths a model predicts, in metres: its target is y = max_m / depth with depth
+    clipped to [min_m, max_m], so y runs from 1 to max_m / min_m."""
+
+    min_m: float
+    max_m: float
+
+    def __post_init__(self):
+        if not 0 < self.min_m < self.max_m:
+            raise ValueError(f"a depth range needs 0 < min < max, got {self.min_m} .. {self.max_m} m")
+
+    @property
+    def target_range(self):
+        """Value range of the target y (100 for NYU); the SSIM constants of the loss are built from it."""
+        return self.max_m / self.min_m
+
+
+# NYU Depth v2, as DenseDepth: 10 cm to 10 m. KITTI, as the authors trained kitti.h5: 1 m to 80 m.
+NYU_DEPTH_RANGE = DepthRange(0.1, 10.0)
+KITTI_DEPTH_RANGE = DepthRange(1.0, 80.0)
+# Value range of NYU's target y (1 .. 100), the loss's default.
+TARGET_RANGE = NYU_DEPTH_RANGE.target_range
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Details in which DenseDepth models differ. The defaults are this project's model; the
+    authors' released nyu.h5 and kitti.h5 take [0, 1] pictures without normalisation, have
+    one LeakyReLU per up block and Keras' BatchNorm epsilon, and say in their model_config
+    whether the trunk ends with a ReLU."""
+
+    imagenet_normalization: bool = True  # inputs normalised with ImageNet's mean and std inside the model
+    trunk_relu: bool = True  # a ReLU after the trunk's last BatchNorm (norm5 / Keras' bn)
+    leaky_relu_after_conv_a: bool = True  # LeakyReLU after both convs of an up block, or after the second only
+    batchnorm_eps: float = 1e-5  # torchvision's; Keras' DenseNet uses 1.001e-5
+    align_corners: bool = True  # decoder upsampling: corner-aligned (TF1's align_corners=True) or half-pixel
+
 
 ENCODER_CHANNELS = 1664
 # DenseNet-169 trunk layers whose outputs feed the decoder, deepest first, with
@@ -37,31 +74,36 @@ class WeightsUnavailableError(UserError):
     """The ImageNet encoder weights could not be downloaded."""
 
 
-def depth_m_to_target(depth_m):
-    """Metric depth -> network target y = 1000 / depth_cm, depth clipped to [10, 1000] cm."""
-    depth_cm = (depth_m * 100).clamp(MIN_DEPTH_CM, MAX_DEPTH_CM)
-    return MAX_DEPTH_CM / depth_cm
+def depth_m_to_target(depth_m, depth_range=NYU_DEPTH_RANGE):
+    """Metric depth -> network target y = max / depth, depth clipped to the range (1000 / depth_cm for NYU)."""
+    # In centimetres, as DenseDepth computes it.
+    min_cm, max_cm = depth_range.min_m * 100, depth_range.max_m * 100
+    return max_cm / (depth_m * 100).clamp(min_cm, max_cm)
 
 
-def target_to_depth_m(target):
-    """Network output y -> metric depth, clipped to [0.1, 10] m as in DenseDepth."""
-    depth_cm = (MAX_DEPTH_CM / target).clamp(MIN_DEPTH_CM, MAX_DEPTH_CM)
-    return depth_cm / 100
+def target_to_depth_m(target, depth_range=NYU_DEPTH_RANGE):
+    """Network output y -> metric depth, clipped to the range as in DenseDepth ([0.1, 10] m for NYU)."""
+    min_cm, max_cm = depth_range.min_m * 100, depth_range.max_m * 100
+    return (max_cm / target).clamp(min_cm, max_cm) / 100
 
 
 class UpBlock(nn.Module):
-    """Bilinear upsample to the skip's size, concatenate it, then two 3x3 conv + LeakyReLU(0.2)."""
+    """Bilinear upsample to the skip's size, concatenate it, then two 3x3 convs, each followed by
+    LeakyReLU(0.2) (or only the second, as in the authors' released models)."""
 
-    def __init__(self, in_channels, skip_channels, out_channels):
+    def __init__(self, in_channels, skip_channels, out_channels, leaky_relu_after_conv_a=True, align_corners=True):
         super().__init__()
         self.conv_a = nn.Conv2d(in_channels + skip_channels, out_channels, 3, padding=1)
         self.conv_b = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.act = nn.LeakyReLU(0.2)
+        self.leaky_relu_after_conv_a = leaky_relu_after_conv_a
+        self.align_corners = align_corners
 
     def forward(self, x, skip):
-        # align_corners=True as in the DenseDepth authors' own PyTorch port.
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-        x = self.act(self.conv_a(torch.cat([x, skip], dim=1)))
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        x = self.conv_a(torch.cat([x, skip], dim=1))
+        if self.leaky_relu_after_conv_a:
+            x = self.act(x)
         return self.act(self.conv_b(x))
 
 
@@ -70,20 +112,29 @@ class DenseDepth(nn.Module):
 
     decoder_width scales the decoder: 1.0 is the paper's model (first decoder
     conv 1664 -> 1664, about 42.6 M parameters in total); the original Keras
-    code's default is 0.5.
+    code's default is 0.5. depth_range sets the target's parametrisation;
+    variant the details in which the authors' released models differ.
     """
 
-    def __init__(self, decoder_width=1.0, pretrained=False):
+    def __init__(self, decoder_width=1.0, pretrained=False, depth_range=NYU_DEPTH_RANGE, variant=Variant()):
         super().__init__()
         if decoder_width <= 0:
             raise ValueError(f"decoder_width must be positive, got {decoder_width}")
         self.decoder_width = decoder_width
+        self.depth_range = depth_range
+        self.variant = variant
         self.encoder = build_encoder(pretrained)
+        if variant.batchnorm_eps != 1e-5:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eps = variant.batchnorm_eps
         channels = int(ENCODER_CHANNELS * decoder_width)
         self.bottleneck = nn.Conv2d(ENCODER_CHANNELS, channels, kernel_size=1)
         blocks = []
         for _, skip_channels in SKIP_LAYERS:
-            blocks.append(UpBlock(channels, skip_channels, channels // 2))
+            blocks.append(
+                UpBlock(channels, skip_channels, channels // 2, variant.leaky_relu_after_conv_a, variant.align_corners)
+            )
             channels //= 2
         self.up_blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(channels, 1, 3, padding=1)
@@ -94,16 +145,18 @@ class DenseDepth(nn.Module):
         """image: (N, 3, H, W) in [0, 1], any H, W. Returns y: (N, 1, ceil(H/2), ceil(W/2))."""
         height, width = image.shape[-2:]
         x = pad_to_multiple(image, SIZE_MULTIPLE)
-        # The paper fed [0, 1] images to an encoder trained on normalised ones;
-        # normalising here lets the ImageNet weights see what they were trained on.
-        x = (x - self.mean) / self.std
+        if self.variant.imagenet_normalization:
+            # The paper fed [0, 1] images to an encoder trained on normalised ones;
+            # normalising here lets the ImageNet weights see what they were trained on.
+            x = (x - self.mean) / self.std
         skips = {}
         for name, layer in self.encoder.named_children():
             x = layer(x)
             if name in SKIP_NAMES:
                 skips[name] = x
-        # Keras' DenseNet-169, which the paper used, ends with a ReLU after norm5.
-        x = self.bottleneck(F.relu(x))
+        if self.variant.trunk_relu:  # Keras' DenseNet-169 ends with a ReLU after its last BatchNorm
+            x = F.relu(x)
+        x = self.bottleneck(x)
         for (skip_name, _), block in zip(SKIP_LAYERS, self.up_blocks):
             x = block(x, skips[skip_name])
         y = self.head(x)
@@ -125,33 +178,48 @@ def build_encoder(pretrained):
         ) from err
 
 
-def model_config(model, input_size):
-    """What a checkpoint holds to rebuild and use the model: architecture, width, training size, depth range."""
+def settings_config(decoder_width, input_size, depth_range=NYU_DEPTH_RANGE, variant=Variant()):
+    """What a checkpoint holds to rebuild and use a model: architecture, width, training size,
+    depth range, and the variant's settings where they differ from this project's model (a
+    setting left out is the default, as in checkpoints written before variants existed)."""
+    default = asdict(Variant())
     return {
         "architecture": "DenseDepth",
         "encoder": "densenet169",
-        "decoder_width": model.decoder_width,
+        "decoder_width": decoder_width,
         "input_size": list(input_size),
-        "depth_target": "1000 / depth_cm",
-        "min_depth_m": MIN_DEPTH_M,
-        "max_depth_m": MAX_DEPTH_M,
+        "depth_target": f"{depth_range.max_m * 100:g} / depth_cm",
+        "min_depth_m": depth_range.min_m,
+        "max_depth_m": depth_range.max_m,
+        **{key: value for key, value in asdict(variant).items() if value != default[key]},
     }
+
+
+def model_config(model, input_size):
+    """settings_config() of a model trained at input_size."""
+    return settings_config(model.decoder_width, input_size, model.depth_range, model.variant)
+
+
+def variant_from_config(config):
+    """The Variant a checkpoint's config describes (settings left out are the defaults)."""
+    return Variant(**{item.name: config[item.name] for item in fields(Variant) if item.name in config})
 
 
 def model_from_checkpoint(checkpoint, source):
-    """The DenseDepth model saved in a checkpoint dict (train.py's format), on the CPU."""
+    """The DenseDepth model saved in a checkpoint dict (train.py's or convert_weights.py's format), on the CPU.
+
+    Settings that older checkpoints leave out are this project's defaults.
+    """
     config = checkpoint["config"]
-    expected = {
-        "architecture": "DenseDepth",
-        "encoder": "densenet169",
-        "min_depth_m": MIN_DEPTH_M,
-        "max_depth_m": MAX_DEPTH_M,
-    }
-    for key, value in expected.items():
-        if config.get(key, value) != value:  # older checkpoints leave these out
+    for key, value in {"architecture": "DenseDepth", "encoder": "densenet169"}.items():
+        if config.get(key, value) != value:
             raise UserError(f"checkpoint {source} has {key} {config[key]!r}; this code's model has {value!r}")
     width = config["decoder_width"]
-    model = DenseDepth(width)
+    try:
+        depth_range = DepthRange(config.get("min_depth_m", 0.1), config.get("max_depth_m", 10.0))
+    except ValueError as err:
+        raise UserError(f"checkpoint {source}: {err}") from err
+    model = DenseDepth(width, depth_range=depth_range, variant=variant_from_config(config))
     mismatch = _state_mismatch(model.state_dict(), checkpoint["model"])
     if mismatch:
         raise UserError(f"checkpoint {source} does not fit a DenseDepth model with decoder width {width}: {mismatch}")
@@ -203,21 +271,24 @@ def to_unit_range(images):
     return images.float() / 255 if images.dtype == torch.uint8 else images.float()
 
 
-def predict_depth_m(model, images, input_size, out_size, flip=True, channels_last=True):
+def predict_depth_m(model, images, input_size, out_size, flip=True, channels_last=True, depth_range=None):
     """Metric depth (N, 1, *out_size) for images (N, 3, H, W), uint8 or in [0, 1]: the DenseDepth protocol.
 
     The images are resized to the network's input size; with flip=True the
     mirrored copies go through the network in the same batch and their
     predictions, mirrored back, are averaged with the originals. Each
-    prediction is converted to metres (clipped to [0.1, 10] m) and upsampled
-    bilinearly to out_size before averaging, as in DenseDepth's evaluation.
+    prediction is converted to metres (clipped to the model's depth range,
+    [0.1, 10] m for NYU) and upsampled bilinearly to out_size before
+    averaging, as in DenseDepth's evaluation. depth_range: the model's own
+    (model.depth_range) unless given, as it must be for a wrapper that hides it.
     Run it inside the caller's autocast context; the depth comes out in float32.
     """
+    depth_range = depth_range or model.depth_range
     images = resize(to_unit_range(images), input_size)
     batch = torch.cat([images, images.flip(-1)]) if flip else images
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    depth_m = resize(target_to_depth_m(model(batch).float()), out_size)
+    depth_m = resize(target_to_depth_m(model(batch).float(), depth_range), out_size)
     if flip:
         depth_m, mirrored = depth_m.chunk(2)
         depth_m = (depth_m + mirrored.flip(-1)) / 2
