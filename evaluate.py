@@ -8,11 +8,14 @@ millimetres and .npy in metres, and on request side by side and as point clouds:
     python evaluate.py --model checkpoints/last.pth --img photo.jpg photos/ --output_dir results \\
         --colorbar --side_by_side --ply
 
+The authors' published Keras models work as they are (see convert_weights.py):
+    python evaluate.py --model nyu.h5 --data nyu_test.zip --aggregation pooled
+
 The protocol: each picture is resized to the network's input size (the one it
 was trained at, stored in the checkpoint), predicted together with its mirror
-image, both converted to metres (clipped to [0.1, 10] m), upsampled to the
-ground truth's size and averaged; the metrics are taken inside the Eigen crop
-over ground-truth pixels that are finite and > 0.
+image, both converted to metres (clipped to the model's depth range, [0.1, 10] m
+for NYU), upsampled to the ground truth's size and averaged; the metrics are taken
+inside the Eigen crop over ground-truth pixels that are finite and > 0.
 """
 
 import argparse
@@ -30,7 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data import EigenTestZip, encode_test_depth_png, scaled_eigen_crop
+from data import EigenTestZip, encode_picture, encode_test_depth_png, scaled_eigen_crop
 from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
 from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
 from utils import (
@@ -41,7 +44,6 @@ from utils import (
     choose_precision,
     default_workers,
     ignore_stop_signals,
-    load_checkpoint,
     precision_name,
     run_main,
     writable_dir,
@@ -60,11 +62,17 @@ from visualize import (
     scaled_intrinsics,
     side_by_side,
 )
+from weights import describe, is_keras_file, load_weights
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Evaluation of depth estimation model on either test data/own images")
-    parser.add_argument("--model", required=True, help="Model checkpoint path")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Model checkpoint path: this project's .pth, or the DenseDepth authors' nyu.h5 / kitti.h5 (read as "
+        "KITTI's, 1 to 80 m, when the name holds 'kitti'; else NYU's, 0.1 to 10 m)",
+    )
     parser.add_argument("--data", help="Test data zip path (if evaluation on test data)")
     parser.add_argument(
         "--img",
@@ -150,8 +158,11 @@ def check_args(args):
 
 
 def load_model(path, device):
-    """The model stored in a checkpoint, in eval mode and channels_last on `device`, and its training input size."""
-    checkpoint = load_checkpoint(path)
+    """The model stored in a checkpoint (or the authors' Keras .h5), in eval mode and channels_last
+    on `device`, and its training input size."""
+    checkpoint = load_weights(path)
+    if is_keras_file(path):
+        print(describe(checkpoint))
     model = model_from_checkpoint(checkpoint, path)
     return model.to(device, memory_format=torch.channels_last).eval(), tuple(checkpoint["config"]["input_size"])
 
@@ -167,12 +178,13 @@ def evaluate_protocol(
     total=None,
     desc="evaluating",
     progress_bar=True,
+    depth_range=None,
 ):
     """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W)) batches.
 
     The network runs under autocast to `dtype`; the metrics are computed in fp32 and
     streamed, so memory does not grow with the number of images. crop_box None means
-    the Eigen crop scaled to the ground truth's size.
+    the Eigen crop scaled to the ground truth's size; depth_range None the model's own.
     """
     metrics = DepthMetrics()
     model.eval()
@@ -181,7 +193,7 @@ def evaluate_protocol(
         for images, depth_m in bar:
             images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
             with autocast(device, dtype):
-                pred_m = predict_depth_m(model, images, input_size, depth_m.shape[-2:], flip)
+                pred_m = predict_depth_m(model, images, input_size, depth_m.shape[-2:], flip, depth_range=depth_range)
             box = crop_box or scaled_eigen_crop(*depth_m.shape[-2:])
             metrics.update(crop(pred_m, box), crop(depth_m, box))
     return metrics
@@ -389,18 +401,20 @@ def same_size_batches(loaded, batch_size, on_failure):
         yield indices, torch.cat(images)
 
 
-def picture_outputs(image, depth_m, args):
-    """The files written for one picture, {suffix: contents}: colour map, millimetres, metres,
-    and on request side by side and point cloud. image: (H, W, 3) uint8; depth_m: (H, W) float32."""
+def picture_outputs(image, depth_m, args, max_depth_m=10.0):
+    """The files written for one picture, {suffix: contents}: colour map, millimetres (for a model whose
+    depth can pass 65.5 m, as KITTI's, metres x 256 instead), metres, and on request side by side and
+    point cloud. image: (H, W, 3) uint8; depth_m: (H, W) float32."""
     vmin, vmax = args.depth_range or (None, None)
     colour = depth_picture(depth_m, vmin, vmax, args.cmap, with_colorbar=args.colorbar)
     buffer = io.BytesIO()
     np.save(buffer, depth_m.astype(np.float32))
-    files = {
-        "_depth.png": png_bytes(colour),
-        "_depth_mm.png": encode_test_depth_png(depth_m),  # NYU's test-depth format: at most 10 m fits
-        "_depth_m.npy": buffer.getvalue(),
-    }
+    files = {"_depth.png": png_bytes(colour)}
+    if max_depth_m * 1000 <= np.iinfo(np.uint16).max:
+        files["_depth_mm.png"] = encode_test_depth_png(depth_m)  # NYU's test-depth format: 10 m fits
+    else:  # millimetres overflow 16 bits past 65.5 m: KITTI's own convention
+        files["_depth_256.png"] = encode_picture(np.clip(np.rint(depth_m * 256), 0, 65535).astype(np.uint16), "PNG")
+    files["_depth_m.npy"] = buffer.getvalue()
     if args.side_by_side:
         files["_side_by_side.png"] = png_bytes(side_by_side(image, colour))
     if args.ply:
@@ -430,7 +444,7 @@ def predict_pictures(model, pictures, input_size, args, device, dtype):
             depth_m = predict_depth_m(model, images.to(device), network_size(size, input_size), size, args.flip)
         for index, image, depth in zip(indices, images, depth_m[:, 0].float().cpu().numpy()):
             stem = Path(args.output_dir) / pictures[index][1]
-            files = picture_outputs(image.permute(1, 2, 0).numpy(), depth, args)
+            files = picture_outputs(image.permute(1, 2, 0).numpy(), depth, args, model.depth_range.max_m)
             for suffix, contents in files.items():
                 write_bytes(stem.with_name(stem.name + suffix), contents)
             written.append((stem, list(files), depth))
@@ -442,6 +456,7 @@ def predict_pictures(model, pictures, input_size, args, device, dtype):
 OUTPUT_KINDS = {
     "_depth.png": "colour map, near = dark",
     "_depth_mm.png": "16-bit PNG, millimetres",
+    "_depth_256.png": "16-bit PNG, metres x 256 as KITTI's",
     "_depth_m.npy": "float32, metres",
     "_side_by_side.png": "picture | depth",
     ".ply": "point cloud, metres",

@@ -5,6 +5,8 @@ On a GPU (or the CPU, found by itself), the paper's recipe:
 A short CPU run on the built-in sample data (see sample_data.py):
     python train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir runs/sample \
         --epochs 4 --input_size 192 256 --no_pretrained
+Fine-tune a trained model (a checkpoint, or the authors' nyu.h5 / kitti.h5) on new data, as a new run:
+    python train.py --data_dir my_data.zip --batch_size 8 --checkpoint_dir finetuned --epochs 5 --weights nyu.h5
 Resume where a run stopped, to the same weights as a run that never stopped:
     python train.py --data_dir nyu_data.zip --batch_size 8 --checkpoint_dir checkpoints --epochs 20 \
         --checkpoint checkpoints/last.pth
@@ -72,6 +74,7 @@ from evaluate import evaluate_protocol
 from loss import DepthLoss
 from metrics import DepthMetrics, format_table
 from model import (
+    NYU_DEPTH_RANGE,
     DenseDepth,
     count_parameters,
     depth_m_to_target,
@@ -105,6 +108,7 @@ from utils import (
     writable_dir,
 )
 from visualize import TrainingLog, example_indices, prediction_grid
+from weights import describe, is_keras_file, load_weights
 
 # Settings that define a run. Left out on the command line, they are the checkpoint's when
 # resuming and these otherwise, so a resumed run goes on as the run it continues.
@@ -134,6 +138,11 @@ def get_args_parser():
     required.add_argument("--epochs", type=int, required=True, help="Number of epochs")
     optional = parser.add_argument_group("optional arguments")
     optional.add_argument("--checkpoint", help="Model checkpoint path, to resume training from")
+    optional.add_argument(
+        "--weights",
+        help="start a new run from these model weights, with a new optimizer (fine-tuning): a checkpoint of this "
+        "project, or the DenseDepth authors' nyu.h5 / kitti.h5; their architecture and depth range come with them",
+    )
     optional.add_argument("--lr", type=float, help="Learning rate (Adam; default 1e-4, or the checkpoint's)")
     optional.add_argument("--log_interval", type=int, default=100, help="Interval to print the avg. loss and metrics")
     optional.add_argument(
@@ -194,6 +203,11 @@ def get_args_parser():
 
 
 def check_args(args):
+    if args.checkpoint and args.weights:
+        raise UserError(
+            "give --checkpoint (resume a run where it stopped) or --weights (start a new run from a model's "
+            "weights), not both"
+        )
     for flag in ("batch_size", "epochs", "log_interval"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
@@ -208,11 +222,19 @@ def check_args(args):
         raise UserError(f"--max_bad_fraction must be in [0, 1), got {args.max_bad_fraction}")
 
 
-def resolve_settings(args, checkpoint):
-    """Fill in the run's settings left out on the command line: the checkpoint's, else the defaults."""
+def resolve_settings(args, checkpoint, weights=None):
+    """Fill in the run's settings left out on the command line: the checkpoint's when resuming
+    (the model's from --weights when starting from them), else the defaults."""
+    if checkpoint is not None and "optimizer" not in checkpoint:
+        raise UserError(
+            f"checkpoint {args.checkpoint} holds a model's weights but no run to resume; start a new run from it "
+            f"with --weights {args.checkpoint}"
+        )
     saved = {}
-    if checkpoint is not None:  # the model's own settings are in its config
-        saved = {**checkpoint["args"], **{key: checkpoint["config"][key] for key in ("decoder_width", "input_size")}}
+    if checkpoint is not None:  # resuming: the run's settings, and the model's from its config
+        saved = {**checkpoint["args"], **model_settings(checkpoint)}
+    elif weights is not None:  # a new run from a model: the model's settings only
+        saved = model_settings(weights)
     for name, default in SETTING_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
@@ -222,6 +244,15 @@ def resolve_settings(args, checkpoint):
             f"--decoder_width {args.decoder_width} differs from the {checkpoint['config']['decoder_width']} of "
             f"checkpoint {args.checkpoint}; leave the flag out to resume with the checkpoint's"
         )
+    if weights is not None and args.decoder_width != weights["config"]["decoder_width"]:
+        raise UserError(
+            f"--decoder_width {args.decoder_width} differs from the {weights['config']['decoder_width']} of "
+            f"--weights {args.weights}; leave the flag out to use the weights' model"
+        )
+
+
+def model_settings(checkpoint):
+    return {key: checkpoint["config"][key] for key in ("decoder_width", "input_size")}
 
 
 def check_world(args, world):
@@ -264,11 +295,14 @@ def build_loaders(args, world):
     return train_loader, val_loader
 
 
-def build_model(args, checkpoint, world):
-    """The model on the device, channels_last: the checkpoint's weights and width when resuming, else new
-    (ImageNet encoder if asked); with --sync_bn under torchrun, its BatchNorms synchronised."""
+def build_model(args, checkpoint, world, weights=None):
+    """The model on the device, channels_last: the checkpoint's weights and settings when resuming,
+    those of --weights when starting from them, else new (ImageNet encoder if asked); with --sync_bn
+    under torchrun, its BatchNorms synchronised."""
     if checkpoint is not None:
         model = model_from_checkpoint(checkpoint, args.checkpoint)
+    elif weights is not None:
+        model = model_from_checkpoint(weights, args.weights)
     else:
         model = None
         # The first process on each machine downloads the ImageNet weights; the others then read its copy.
@@ -349,14 +383,14 @@ class SkippedSamples:
             )
 
 
-def training_batch(images, depth_m, input_size, device):
+def training_batch(images, depth_m, input_size, device, depth_range=NYU_DEPTH_RANGE):
     """A loader batch on the device at the network's sizes, resized there in one go.
 
     Images become float in [0, 1] at input_size, channels_last; depth (metres) is
-    resized to the output size in DenseDepth's target space.
+    resized to the output size in DenseDepth's target space for depth_range.
     """
     images = resize(to_unit_range(images.to(device, non_blocking=True)), input_size)
-    depth_m = downsample_depth_m(depth_m.to(device, non_blocking=True), output_size(input_size))
+    depth_m = downsample_depth_m(depth_m.to(device, non_blocking=True), output_size(input_size), depth_range)
     return images.contiguous(memory_format=torch.channels_last), depth_m
 
 
@@ -364,7 +398,7 @@ def train_step(model, images, depth_m, criterion, optimizer, scaler, device, dty
     """One optimisation step on a batch already on the device; returns the loss and prediction, detached."""
     with autocast(device, dtype):
         pred = model(images)
-    loss = criterion(pred.float(), depth_m_to_target(depth_m))  # in fp32, outside autocast
+    loss = criterion(pred.float(), depth_m_to_target(depth_m, criterion.depth_range))  # in fp32, outside autocast
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -423,10 +457,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, dtype, progress
     steps_taken = 0
     for step, (images, depth_m) in enumerate(bar, start=first_step):
         if images is not None:
-            images, depth_m = training_batch(images, depth_m, args.input_size, world.device)
+            images, depth_m = training_batch(images, depth_m, args.input_size, world.device, criterion.depth_range)
             loss, pred = train_step(model, images, depth_m, criterion, optimizer, scaler, world.device, dtype)
             losses.append((step, loss))
-            metrics.update(target_to_depth_m(pred.float()), depth_m)
+            metrics.update(target_to_depth_m(pred.float(), criterion.depth_range), depth_m)
         progress.samples_done += args.batch_size
         steps_taken += 1
         if step % args.log_interval == 0 or step == steps:
@@ -472,10 +506,11 @@ def last_good_checkpoint(args):
     return "and no checkpoint had been written yet"
 
 
-def validate(model, loader, args, world, dtype, guards):
+def validate(model, loader, args, world, dtype, guards, depth_range=None):
     """Metrics on the zip's test split by the evaluation protocol, inside the Eigen crop: each
     process takes its share, and their sums and counts are added up before the metrics are
-    taken, as one process would. None if a stop was requested (on any process) before the end."""
+    taken, as one process would. None if a stop was requested (on any process) before the end.
+    depth_range: the model's, given when `model` is a compiled wrapper."""
     stop, skipped = guards
     failures = []
 
@@ -489,7 +524,7 @@ def validate(model, loader, args, world, dtype, guards):
 
     metrics = evaluate_protocol(
         model, batches(), args.input_size, None, world.device, dtype, total=len(loader), desc="validating",
-        progress_bar=world.is_main,
+        progress_bar=world.is_main, depth_range=depth_range,
     )  # fmt: skip
     stop_number, any_failed = world.max(stop.number, len(failures))
     if any_failed:
@@ -634,10 +669,13 @@ def describe_run(model, train_loader, val_loader, args, world, dtype):
             f"; {world.size} processes ({backend}), each {args.batch_size // world.size} of the global batch "
             f"of {args.batch_size}"
         )
+    if args.weights:
+        print(f"a new run from the weights of {args.weights}: new optimizer, from epoch 1")
     print(
         f"DenseDepth, decoder width {model.decoder_width}, {count_parameters(model) / 1e6:.2f} M parameters, "
         f"on {world.device} in {precision_name(dtype)}{processes}; {len(train_loader.dataset)} training pairs, "
-        f"{len(val_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}"
+        f"{len(val_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}, depth "
+        f"{model.depth_range.min_m:g} to {model.depth_range.max_m:g} m"
     )
 
 
@@ -646,16 +684,19 @@ def main(args):
     with start_world(args.device, args.dist_url) as world:
         with world.all_or_none():  # a file one machine lacks stops every process, reported once
             checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
-            resolve_settings(args, checkpoint)
+            weights = load_weights(args.weights) if args.weights else None
+            if weights is not None and is_keras_file(args.weights):
+                print(describe(weights))
+            resolve_settings(args, checkpoint, weights)
             check_world(args, world)
             if world.is_main:
                 remove_partial_writes(writable_dir(args.checkpoint_dir, "--checkpoint_dir"), "*.pth")
             seed_everything(args.seed)
             dtype = choose_precision(args.precision, world.device)
             train_loader, val_loader = build_loaders(args, world)
-        model = build_model(args, checkpoint, world)
+        model = build_model(args, checkpoint, world, weights)
         train_model, eval_model = parallelize(model, args, world)
-        criterion = DepthLoss()
+        criterion = DepthLoss(model.depth_range)
         optimizer = build_optimizer(model, args, world.device)
         # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
         scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
@@ -681,7 +722,9 @@ def main(args):
                     (stop, skipped_train), log,
                 )  # fmt: skip
                 val_metrics = (
-                    None if stopped else validate(eval_model, val_loader, args, world, dtype, (stop, skipped_val))
+                    None
+                    if stopped
+                    else validate(eval_model, val_loader, args, world, dtype, (stop, skipped_val), model.depth_range)
                 )
                 if val_metrics is None:  # stopped in training or validation: save where the run is, say how to go on
                     state = make_checkpoint(model, optimizer, scaler, progress, args, world, None)

@@ -403,7 +403,13 @@ def _unreadable_reason(path, err):
     if isinstance(err, OSError) and err.strerror:  # no permission, an I/O error
         return err.strerror
     with open(path, "rb") as file:
-        magic = file.read(4)
+        magic = file.read(8)
+    if magic == b"\x89HDF\r\n\x1a\n":
+        return (
+            "it is an HDF5 file, such as the DenseDepth authors' Keras models: start a run from it with --weights, "
+            "or convert it once with convert_weights.py"
+        )
+    magic = magic[:4]
     if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # neither torch's zip nor its legacy pickle
         return "it is not a PyTorch checkpoint file"
     if magic == b"PK\x03\x04" and not zipfile.is_zipfile(path):
