@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install --quiet -r requirements.txt pytest
-.venv/bin/python -m pytest tests "$@"
+.venv/bin/pip install --quiet -r requirements.txt -r requirements-test.txt
+KERAS_BACKEND=torch .venv/bin/python -m pytest tests "$@"
