@@ -1,4 +1,4 @@
-"""NYU Depth v2 as distributed for DenseDepth, read straight from its zip files.
+"""NYU Depth v2 as distributed for DenseDepth, read straight from its zip files, and RGB-D pairs of one's own.
 
 Training zip (`nyu_data.zip`), or a directory holding its extracted `data/` folder:
   data/nyu2_train.csv  lines `rgb_path,depth_path` (\\n or \\r\\n, no header)
@@ -7,6 +7,12 @@ Training zip (`nyu_data.zip`), or a directory holding its extracted `data/` fold
 Eigen test zip (`nyu_test.zip`):
   eigen_test_rgb.npy (N, H, W, 3) uint8, eigen_test_depth.npy (N, H, W) float32
   metres, eigen_test_crop.npy [top, bottom, left, right], both ends inclusive.
+
+Pairs of one's own (a CSV of `rgb_path,depth_path` lines relative to the CSV, or a
+folder with `rgb/` and `depth/` subfolders of matching names): any picture, and depth
+as an 8- or 16-bit PNG with a scale in units per metre (1000: millimetres; 256:
+KITTI; 5000: TUM), a float .npy or a 32-bit float TIFF in metres; 0 or NaN where
+there is no measurement.
 
 The writers here produce exactly these formats; sample_data.py uses them.
 """
@@ -179,6 +185,13 @@ def decode_rgb(data):
 
 
 DEPTH_PNG_MODES = "8-bit grayscale (value / 255 x 10 m) or 16-bit grayscale (millimetres)"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# png_scale of decode_depth for NYU's own files: 8-bit value / 255 x 10 m, 16-bit millimetres.
+NYU_PNG = "nyu"
+DEPTH_FORMATS = (
+    "an 8- or 16-bit grayscale PNG (with --depth_scale, its units per metre), a float .npy or a "
+    "32-bit float TIFF in metres"
+)
 _PNG_COLOUR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale with alpha", 6: "RGBA"}
 
 
@@ -187,17 +200,68 @@ def decode_depth_png(data):
 
     Raises DecodeError for anything but an 8-bit or 16-bit grayscale PNG.
     """
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        raise DecodeError(f"is not a PNG; depth must be a PNG, {DEPTH_PNG_MODES}")
+    depth = _decode_gray_png(data, DEPTH_PNG_MODES)
+    if depth.dtype == torch.uint8:
+        return depth.float() * (TRAIN_DEPTH_MAX_M / 255)
+    return depth.to(torch.int32).float() / 1000
+
+
+def _decode_gray_png(data, wanted):
+    """An 8- or 16-bit grayscale PNG as a (1, H, W) uint8 or uint16 tensor; DecodeError saying `wanted` otherwise."""
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise DecodeError(f"is not a PNG; depth must be a PNG, {wanted}")
     bit_depth, colour_type = data[24], data[25]
     if colour_type != 0 or bit_depth not in (8, 16):
         kind = f"{bit_depth}-bit {_PNG_COLOUR_TYPES.get(colour_type, f'colour type {colour_type}')}"
         article = "an" if bit_depth == 8 else "a"  # PNG bit depths are 1, 2, 4, 8 and 16
-        raise DecodeError(f"is {article} {kind} PNG; depth must be {DEPTH_PNG_MODES}")
-    depth = decode_picture(data, rgb=False)
-    if depth.dtype == torch.uint8:
-        return depth.float() * (TRAIN_DEPTH_MAX_M / 255)
-    return depth.to(torch.int32).float() / 1000
+        raise DecodeError(f"is {article} {kind} PNG; depth must be {wanted}")
+    return decode_picture(data, rgb=False)
+
+
+def decode_depth(data, png_scale=NYU_PNG):
+    """Depth file bytes -> (1, H, W) float32 metres; 0 or NaN where there is no measurement.
+
+    PNG: 8- or 16-bit grayscale, value / png_scale (units per metre), or NYU's conventions for
+    png_scale NYU_PNG; None means no scale was given, which a PNG cannot do without.
+    .npy: float (H, W) metres. TIFF: one 32-bit float channel, metres.
+    Raises DecodeError for anything else.
+    """
+    if png_scale == NYU_PNG:
+        return decode_depth_png(data)
+    if data[:8] == PNG_SIGNATURE:
+        if png_scale is None:
+            raise DecodeError(
+                "is a depth PNG, whose unit the file does not say: give --depth_scale, its units per metre "
+                "(1000 for millimetres, 256 for KITTI, 5000 for TUM)"
+            )
+        depth = _decode_gray_png(data, "8- or 16-bit grayscale")
+        return depth.to(torch.int32).float() / png_scale
+    if data[:6] == b"\x93NUMPY":
+        return _depth_array(_load_npy(data), "a .npy")
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        try:
+            with Image.open(io.BytesIO(data)) as picture:
+                if picture.mode != "F":
+                    raise DecodeError(f"is a TIFF of mode {picture.mode}; a depth TIFF must be 32-bit float metres")
+                return _depth_array(np.asarray(picture), "a TIFF")
+        except (OSError, ValueError) as err:
+            raise DecodeError(f"does not decode as a TIFF ({err})") from err
+    raise DecodeError(f"is not a depth file this code reads: {DEPTH_FORMATS}")
+
+
+def _load_npy(data):
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DecodeError(f"does not load as a .npy array ({err})") from err
+
+
+def _depth_array(array, kind):
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2 or array.dtype.kind != "f":
+        raise DecodeError(f"is {kind} of {array.dtype} {array.shape}; depth must be float (H, W) metres")
+    return torch.from_numpy(array.astype(np.float32))[None]
 
 
 def encode_picture(array, format):
@@ -218,6 +282,44 @@ def encode_test_depth_png(depth_m):
     """(H, W) metres -> 16-bit PNG bytes in millimetres."""
     value = np.clip(np.rint(depth_m * 1000), 0, 65535).astype(np.uint16)
     return encode_picture(value, "PNG")
+
+
+def encode_depth_file(depth_m, kind, png_scale=1000):
+    """(H, W) metres -> the bytes of a depth file decode_depth reads: kind 'png16' or 'png8' (value =
+    depth x png_scale, 0 where depth is 0 or NaN), 'npy' (float32) or 'tiff' (32-bit float)."""
+    depth_m = np.asarray(depth_m, dtype=np.float32)
+    if kind in ("png16", "png8"):
+        dtype = np.uint16 if kind == "png16" else np.uint8
+        value = np.rint(np.nan_to_num(depth_m, nan=0.0) * png_scale)
+        return encode_picture(np.clip(value, 0, np.iinfo(dtype).max).astype(dtype), "PNG")
+    buffer = io.BytesIO()
+    if kind == "npy":
+        np.save(buffer, depth_m)
+    elif kind == "tiff":
+        Image.fromarray(depth_m, mode="F").save(buffer, format="TIFF")
+    else:
+        raise ValueError(f"depth file kind must be png16, png8, npy or tiff, got {kind!r}")
+    return buffer.getvalue()
+
+
+# Crops of the evaluation protocols, as [top, bottom, left, right] rows and columns, both ends inclusive.
+CROPS = ("eigen", "garg", "eigen_kitti", "none")
+# KITTI's, as fractions of the picture's height and width (Garg et al. 2016; Eigen et al. 2014).
+_KITTI_CROP_FRACTIONS = {
+    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+    "eigen_kitti": (0.3324324, 0.91351351, 0.03594771, 0.96405229),
+}
+
+
+def crop_box(name, height, width):
+    """The named crop for a height x width picture: 'eigen' (NYU's, scaled from 480x640), 'garg' or
+    'eigen_kitti' (KITTI's, fractions of the size, end-exclusive as published), 'none' (all)."""
+    if name == "eigen":
+        return scaled_eigen_crop(height, width)
+    if name == "none":
+        return (0, height - 1, 0, width - 1)
+    top, bottom, left, right = _KITTI_CROP_FRACTIONS[name]
+    return (int(top * height), int(bottom * height) - 1, int(left * width), int(right * width) - 1)
 
 
 def scaled_eigen_crop(height, width):
@@ -242,7 +344,7 @@ def downsample_depth_m(depth_m, size, depth_range=NYU_DEPTH_RANGE):
 
 
 class NYUDepthDataset(Dataset):
-    """RGB/depth pairs from the training archive, at their stored resolution.
+    """RGB/depth pairs from the training archive (or a dataset of one's own), at their stored resolution.
 
     An item is (image (3, H, W) uint8, depth_m (1, H, W) float metres), with
     DenseDepth's augmentation if `augment`; a pair that cannot be loaded comes
@@ -255,10 +357,16 @@ class NYUDepthDataset(Dataset):
     bytes to hand over and copy.
     """
 
-    def __init__(self, archive, pairs, augment):
+    def __init__(self, archive, pairs, augment, png_scale=NYU_PNG):
         self.archive = archive
         self.pairs = pairs
         self.augment = augment
+        self.png_scale = png_scale  # see decode_depth: NYU_PNG for NYU's own files
+
+    @property
+    def own_data(self):
+        """Whether this is a dataset of one's own rather than NYU's zip: its invalid depth is masked."""
+        return self.png_scale != NYU_PNG
 
     def __len__(self):
         return len(self.pairs)
@@ -278,7 +386,7 @@ class NYUDepthDataset(Dataset):
         """The decoded pair `index`; raises DecodeError naming the entry that is wrong."""
         rgb_name, depth_name = self.pairs[index]
         image = self._decoded(decode_rgb, rgb_name)
-        depth_m = self._decoded(decode_depth_png, depth_name)
+        depth_m = self._decoded(lambda data: decode_depth(data, self.png_scale), depth_name)
         if image.shape[-2:] != depth_m.shape[-2:]:
             raise DecodeError(
                 f"{rgb_name} is {image.shape[-1]}x{image.shape[-2]} but its depth {depth_name} is "
@@ -381,6 +489,88 @@ class TrainingOrder(Sampler):
 
     def __len__(self):
         return self._steps_left() * (self.batch_size // self.world_size)
+
+
+# ----------------------------------------------------------------------------- datasets of one's own
+
+RGB_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+DEPTH_SUFFIXES = (".png", ".npy", ".tif", ".tiff")
+# Without --val_data, every HELD_OUT_EVERY-th pair of a dataset of one's own validates instead of training.
+HELD_OUT_EVERY = 20
+
+
+def is_rgbd_dataset(path):
+    """Whether `path` names a dataset of one's own: a .csv file, or a folder with rgb/ and depth/ in it."""
+    path = Path(path)
+    return path.suffix.lower() == ".csv" or ((path / "rgb").is_dir() and (path / "depth").is_dir())
+
+
+def open_rgbd_pairs(path, flag):
+    """(archive, pairs) of a dataset of one's own: the lines of a CSV (paths relative to it), or the
+    pictures of folder/rgb each with the depth file of the same name in folder/depth."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise UserError(f"{flag} {path} does not exist")
+        archive = DirectoryArchive(path.parent)
+        return archive, read_pairs(archive, path.name)
+    return DirectoryArchive(path), folder_pairs(path)
+
+
+def folder_pairs(path):
+    """(rgb/NAME.ext, depth/NAME.ext) pairs of a folder, matched by name (subfolders included)."""
+    rgb_dir, depth_dir = Path(path) / "rgb", Path(path) / "depth"
+    depth_files = {}
+    for file in sorted(depth_dir.rglob("*")):
+        if file.is_file() and file.suffix.lower() in DEPTH_SUFFIXES:
+            depth_files.setdefault(file.relative_to(depth_dir).with_suffix(""), file)
+    pairs = []
+    for file in sorted(rgb_dir.rglob("*")):
+        if not (file.is_file() and file.suffix.lower() in RGB_SUFFIXES) or file.name.startswith("."):
+            continue
+        depth = depth_files.get(file.relative_to(rgb_dir).with_suffix(""))
+        if depth is None:
+            stem = file.relative_to(rgb_dir).with_suffix("")
+            raise UserError(f"{file} has no depth file {depth_dir / stem}.* ({', '.join(DEPTH_SUFFIXES)})")
+        pairs.append((file.relative_to(path).as_posix(), depth.relative_to(path).as_posix()))
+    if not pairs:
+        raise UserError(f"{rgb_dir} holds no pictures ({' '.join(RGB_SUFFIXES)})")
+    return pairs
+
+
+def open_training_sets(data_dir, val_data=None, depth_scale=None):
+    """(training set, validation set): NYU's zip (or its extracted folder) and its test split; or a
+    dataset of one's own (depth PNGs read with depth_scale) validated on val_data, or else on every
+    HELD_OUT_EVERY-th of its pairs. The first pair of each is decoded here, so a setting that does
+    not fit the files (no --depth_scale for PNGs, a picture and depth of two sizes) stops the run now."""
+    if not is_rgbd_dataset(data_dir):
+        if depth_scale is not None:
+            raise UserError("--depth_scale is for datasets of one's own; NYU's zip has its own depth conventions")
+        archive = open_training_data(data_dir)
+        train_set = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
+        if val_data is None:
+            return train_set, NYUDepthDataset(archive, read_pairs(archive, TEST_CSV), augment=False)
+        val_archive, val_pairs = open_rgbd_pairs(val_data, "--val_data")
+        return train_set, _checked(NYUDepthDataset(val_archive, val_pairs, False, depth_scale), "--val_data")
+    archive, pairs = open_rgbd_pairs(data_dir, "--data_dir")
+    if val_data is not None:
+        val_archive, val_pairs = open_rgbd_pairs(val_data, "--val_data")
+    elif len(pairs) < 2:
+        raise UserError(f"--data_dir {data_dir} has {len(pairs)} pair; give --val_data or more pairs")
+    else:
+        val_archive, val_pairs = archive, pairs[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY] or pairs[-1:]
+        held_out = set(val_pairs)
+        pairs = [pair for pair in pairs if pair not in held_out]
+    train_set = _checked(NYUDepthDataset(archive, pairs, True, depth_scale), "--data_dir")
+    return train_set, _checked(NYUDepthDataset(val_archive, val_pairs, False, depth_scale), "--val_data")
+
+
+def _checked(dataset, flag):
+    try:
+        dataset.load_pair(0)
+    except DecodeError as err:
+        raise UserError(f"{flag}: {err}") from err
+    return dataset
 
 
 # ----------------------------------------------------------------------------- the Eigen test zip

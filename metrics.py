@@ -1,7 +1,7 @@
 """Standard monocular depth metrics, accumulated batch by batch.
 
 With d the ground truth and p the prediction (metres) over valid pixels
-(ground truth finite and > 0):
+(ground truth finite and > 0, and at most a cap if one is given):
   delta_k  fraction with max(d/p, p/d) < 1.25^k      abs_rel  mean(|d - p| / d)
   sq_rel   mean((d - p)^2 / d)                          rms      sqrt(mean((d - p)^2))
   rms_log  sqrt(mean((ln d - ln p)^2))                  log10    mean(|log10 d - log10 p|)
@@ -64,7 +64,8 @@ class DepthMetrics:
     float64; compute() brings them to the CPU.
     """
 
-    def __init__(self):
+    def __init__(self, max_depth_m=None):
+        self.max_depth_m = max_depth_m  # ground truth beyond it is left out (KITTI's 80 m cap), if given
         self.reset()
 
     def reset(self):
@@ -82,6 +83,8 @@ class DepthMetrics:
         if self.term_sums is None:
             self._start(pred_m.device)
         valid = torch.isfinite(gt_m) & (gt_m > 0)
+        if self.max_depth_m is not None:
+            valid &= gt_m <= self.max_depth_m
         terms = pixel_terms(torch.where(valid, pred_m, 1.0), torch.where(valid, gt_m, 1.0))
         sums_per_image = (terms * valid.unsqueeze(-1)).sum(dim=1)  # (N, terms)
         pixels_per_image = valid.sum(dim=1)

@@ -1,10 +1,15 @@
 """Built-in sample data: rendered rooms (scenes.py) written as the two NYU Depth v2 zips.
 
     python sample_data.py --out data/sample
+    python sample_data.py --out data/sample_rgbd --layout folders
 
+The first
 writes data/sample/nyu_data.zip (training pairs and the test split, in the
 DenseDepth training-zip layout) and data/sample/nyu_test.zip (the same test
-pictures in the Eigen test-zip format); data.py describes both formats. Each
+pictures in the Eigen test-zip format); data.py describes both formats. The
+second writes the same pictures as a dataset of one's own: train/ and test/, each
+with rgb/NNNNN.jpg and depth/NNNNN.png (16-bit, millimetres: --depth_scale 1000),
+and train.csv / test.csv listing them. Each
 room is seen from several camera positions, like NYU's scenes; test rooms are
 never training rooms. The output is the same for the same arguments.
 """
@@ -25,6 +30,7 @@ from data import (
     EIGEN_RGB,
     TEST_CSV,
     TRAIN_CSV,
+    encode_depth_file,
     encode_picture,
     encode_test_depth_png,
     encode_train_depth_png,
@@ -100,13 +106,37 @@ def write_eigen_zip(path, test_rgb, test_depth_m):
         write_npy_member(archive, EIGEN_CROP, crop)
 
 
-def write_sample_data(out_dir, train_images, test_images, width, height, views_per_scene, seed, workers):
-    """Render and write nyu_data.zip, nyu_test.zip and example.png into out_dir; returns the zips' paths."""
+def write_rgbd_folder(folder, pairs, depth_kind="png16", png_scale=1000):
+    """A dataset of one's own: folder/rgb/NNNNN.jpg, folder/depth/NNNNN.<png|npy|tiff> and folder.csv
+    listing them (paths relative to the CSV), from (rgb, depth_m) pairs; returns the CSV's path."""
+    folder = Path(folder)
+    suffix = {"png16": "png", "png8": "png"}.get(depth_kind, depth_kind)
+    rows = []
+    for index, (rgb, depth_m) in enumerate(pairs):
+        rgb_name, depth_name = f"rgb/{index:05d}.jpg", f"depth/{index:05d}.{suffix}"
+        write_bytes(folder / rgb_name, encode_picture(rgb, "JPEG"))
+        write_bytes(folder / depth_name, encode_depth_file(depth_m, depth_kind, png_scale))
+        rows.append(f"{folder.name}/{rgb_name},{folder.name}/{depth_name}\n")
+    csv_path = folder.parent / f"{folder.name}.csv"
+    write_bytes(csv_path, "".join(rows).encode())
+    return csv_path
+
+
+def write_sample_data(out_dir, train_images, test_images, width, height, views_per_scene, seed, workers, layout="zips"):
+    """Render and write nyu_data.zip, nyu_test.zip and example.png into out_dir and return the zips'
+    paths; with layout 'folders', train/ and test/ folders with their CSVs instead, and their CSVs' paths."""
     out_dir = Path(out_dir)
     train_zip, test_zip = out_dir / "nyu_data.zip", out_dir / "nyu_test.zip"
     test_jobs = scene_jobs(seed, 1, test_images, views_per_scene, width, height)
     test_rgb, test_depth_m = render_test_set(test_jobs, workers, test_images, width, height)
     train_jobs = scene_jobs(seed, 0, train_images, views_per_scene, width, height)
+    if layout == "folders":
+        train_scenes = render_all(train_jobs, workers, "training rooms")
+        train_pairs = (frame for _, frames in train_scenes for frame in frames)
+        write_bytes(out_dir / "example.png", encode_picture(test_rgb[0], "PNG"))
+        return write_rgbd_folder(out_dir / "train", train_pairs), write_rgbd_folder(
+            out_dir / "test", zip(test_rgb, test_depth_m)
+        )
     write_training_zip(train_zip, render_all(train_jobs, workers, "training rooms"), test_rgb, test_depth_m)
     write_eigen_zip(test_zip, test_rgb, test_depth_m)
     # A test picture on its own, to try prediction on (evaluate.py --img).
@@ -124,6 +154,13 @@ def get_args_parser():
     parser.add_argument("--height", type=int, default=480, help="picture height in pixels")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same data")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    parser.add_argument(
+        "--layout",
+        choices=("zips", "folders"),
+        default="zips",
+        help="zips: NYU's nyu_data.zip and nyu_test.zip (default); folders: a dataset of one's own, train/ and "
+        "test/ with rgb/ and depth/ (16-bit PNG, millimetres) and a CSV for each",
+    )
     return parser
 
 
@@ -131,7 +168,7 @@ def main(args):
     for flag in ("train_images", "test_images", "views_per_scene", "width", "height", "workers"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    train_zip, test_zip = write_sample_data(
+    train_path, test_path = write_sample_data(
         args.out,
         args.train_images,
         args.test_images,
@@ -140,9 +177,10 @@ def main(args):
         args.views_per_scene,
         args.seed,
         args.workers,
+        args.layout,
     )
     print(
-        f"wrote {train_zip} ({args.train_images} training + {args.test_images} test pairs), {test_zip} "
+        f"wrote {train_path} ({args.train_images} training + {args.test_images} test pairs), {test_path} "
         f"and {Path(args.out) / 'example.png'}"
     )
 
