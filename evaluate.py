@@ -33,7 +33,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data import EigenTestZip, encode_picture, encode_test_depth_png, scaled_eigen_crop
+from data import (
+    CROPS,
+    EigenTestZip,
+    FailedSample,
+    NYUDepthDataset,
+    crop_box,
+    encode_picture,
+    encode_test_depth_png,
+    is_rgbd_dataset,
+    open_rgbd_pairs,
+    scaled_eigen_crop,
+)
 from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
 from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
 from utils import (
@@ -73,7 +84,11 @@ def get_args_parser():
         help="Model checkpoint path: this project's .pth, or the DenseDepth authors' nyu.h5 / kitti.h5 (read as "
         "KITTI's, 1 to 80 m, when the name holds 'kitti'; else NYU's, 0.1 to 10 m)",
     )
-    parser.add_argument("--data", help="Test data zip path (if evaluation on test data)")
+    parser.add_argument(
+        "--data",
+        help="Test data zip path (if evaluation on test data): nyu_test.zip, or a dataset of one's own (a CSV of "
+        "rgb_path,depth_path lines, or a folder with rgb/ and depth/)",
+    )
     parser.add_argument(
         "--img",
         nargs="+",
@@ -117,6 +132,18 @@ def get_args_parser():
         "output_dir/examples (default 4; 0 for none)",
     )
     test_data.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    test_data.add_argument(
+        "--crop",
+        choices=CROPS,
+        help="where the metrics are taken: eigen (NYU's), garg or eigen_kitti (KITTI's, as fractions of the "
+        "size), none; default: the crop nyu_test.zip holds, none for a dataset of one's own",
+    )
+    test_data.add_argument(
+        "--depth_scale",
+        type=float,
+        help="a dataset of one's own: depth PNG units per metre (1000 for millimetres, 256 for KITTI, 5000 "
+        "for TUM); .npy and float TIFF depth is in metres",
+    )
     pictures = parser.add_argument_group("with --img")
     pictures.add_argument("--colorbar", action="store_true", help="draw a colour bar in metres beside the depth")
     pictures.add_argument(
@@ -153,6 +180,10 @@ def check_args(args):
         raise UserError(f"--depth_range must be two depths in metres, MIN < MAX, got {args.depth_range}")
     if args.cmap not in matplotlib.colormaps:
         raise UserError(f"--cmap {args.cmap} is not a matplotlib colour map (try plasma, viridis, magma, turbo)")
+    if args.depth_scale is not None and not args.depth_scale > 0:
+        raise UserError(f"--depth_scale must be positive (units per metre), got {args.depth_scale}")
+    if args.depth_scale is not None and not (args.data and is_rgbd_dataset(args.data)):
+        raise UserError("--depth_scale is for --data of one's own (a CSV or rgb/ + depth/ folders)")
     if args.intrinsics is not None and not (args.intrinsics[0] > 0 and args.intrinsics[1] > 0):
         raise UserError(f"--intrinsics FX and FY must be positive, got {args.intrinsics[:2]}")
 
@@ -179,14 +210,16 @@ def evaluate_protocol(
     desc="evaluating",
     progress_bar=True,
     depth_range=None,
+    max_depth_m=None,
 ):
     """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W)) batches.
 
     The network runs under autocast to `dtype`; the metrics are computed in fp32 and
-    streamed, so memory does not grow with the number of images. crop_box None means
-    the Eigen crop scaled to the ground truth's size; depth_range None the model's own.
+    streamed, so memory does not grow with the number of images. crop_box: a box, a crop's
+    name (data.CROPS) or None for the Eigen crop, each for the ground truth's size (resolve_crop);
+    depth_range None: the model's own; max_depth_m: the metrics' cap on the ground truth, if any.
     """
-    metrics = DepthMetrics()
+    metrics = DepthMetrics(max_depth_m)
     model.eval()
     with torch.inference_mode():
         bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress_bar)
@@ -194,9 +227,19 @@ def evaluate_protocol(
             images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
             with autocast(device, dtype):
                 pred_m = predict_depth_m(model, images, input_size, depth_m.shape[-2:], flip, depth_range=depth_range)
-            box = crop_box or scaled_eigen_crop(*depth_m.shape[-2:])
+            box = resolve_crop(crop_box, *depth_m.shape[-2:])
             metrics.update(crop(pred_m, box), crop(depth_m, box))
     return metrics
+
+
+def resolve_crop(spec, height, width):
+    """The crop box for a height x width ground truth: `spec` itself if a box, the named crop
+    (data.crop_box) if a name, the Eigen crop scaled to the size if None."""
+    if spec is None:
+        return scaled_eigen_crop(height, width)
+    if isinstance(spec, str):
+        return crop_box(spec, height, width)
+    return tuple(spec)
 
 
 def eigen_batches(test_set, batch_size):
@@ -206,14 +249,63 @@ def eigen_batches(test_set, batch_size):
 
 
 def evaluate_zip(model, input_size, args, device, dtype):
+    """The Eigen test zip, in the crop it holds (or --crop's)."""
     test_set = EigenTestZip(args.data)
     examples = ExamplePicker(len(test_set), args.num_examples)
     batches = examples.pick(eigen_batches(test_set, args.batch_size))
     total = math.ceil(len(test_set) / args.batch_size)
-    metrics = evaluate_protocol(model, batches, input_size, test_set.crop, device, dtype, args.flip, total=total)
+    crop_spec = args.crop or test_set.crop
+    metrics = evaluate_protocol(model, batches, input_size, crop_spec, device, dtype, args.flip, total=total)
+    label = f"{args.crop} crop" if args.crop else f"Eigen crop {list(test_set.crop)}"
+    report_metrics(metrics, label, args, input_size, device, dtype, crop=args.crop or list(test_set.crop))
+    if examples.picked:
+        folder = save_examples(model, examples.picked, input_size, crop_spec, device, dtype, args)
+        print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
+
+
+def evaluate_pairs(model, input_size, args, device, dtype):
+    """A dataset of one's own (a CSV or rgb/ + depth/ folders), pictures of any size: each predicted at
+    the model's input size and upsampled to its ground truth, with --crop (default none) and the
+    ground truth capped at the model's maximum depth."""
+    archive, pairs = open_rgbd_pairs(args.data, "--data")
+    dataset = NYUDepthDataset(archive, pairs, augment=False, png_scale=args.depth_scale)
+    workers = min(default_workers(device), len(dataset) - 1)
+    loaded = DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=ignore_stop_signals)
+    examples = ExamplePicker(len(dataset), args.num_examples)
+    batches = examples.pick(pair_batches(loaded, args.batch_size))
+    crop_name, cap = args.crop or "none", model.depth_range.max_m
+    metrics = evaluate_protocol(
+        model, batches, input_size, crop_name, device, dtype, args.flip, max_depth_m=cap, desc="evaluating pairs"
+    )
+    report_metrics(metrics, f"{crop_name} crop, ground truth capped at {cap:g} m", args, input_size, device, dtype,
+                   crop=crop_name, max_depth_m=cap)  # fmt: skip
+    if examples.picked:
+        folder = save_examples(model, examples.picked, input_size, crop_name, device, dtype, args, cap)
+        print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
+
+
+def pair_batches(loaded, batch_size):
+    """(images (B, 3, H, W) uint8, depth_m (B, 1, H, W)) batches of consecutive pairs of one size;
+    a pair that does not load stops the evaluation with its reason."""
+    images, depths = [], []
+    for sample in loaded:
+        if isinstance(sample, FailedSample):
+            raise UserError(f"--data: {sample.reason}")
+        image, depth_m = sample
+        if images and (image.shape != images[0].shape or len(images) == batch_size):
+            yield torch.stack(images), torch.stack(depths)
+            images, depths = [], []
+        images.append(image)
+        depths.append(depth_m)
+    if images:
+        yield torch.stack(images), torch.stack(depths)
+
+
+def report_metrics(metrics, crop_label, args, input_size, device, dtype, **settings):
+    """Print the table (and what was left out) and save metrics.json."""
     summary = metrics.summary()
     print(
-        f"{summary['num_images']} images, Eigen crop {list(test_set.crop)}, "
+        f"{summary['num_images']} images, {crop_label}, "
         f"{'with' if args.flip else 'without'} flip averaging, {args.aggregation.replace('_', '-')} aggregation, "
         f"{precision_name(dtype)} on {device}:"
     )
@@ -226,7 +318,7 @@ def evaluate_zip(model, input_size, args, device, dtype):
     report = {
         "model": str(args.model),
         "data": str(args.data),
-        "crop": list(test_set.crop),
+        **settings,
         "flip": args.flip,
         "precision": precision_name(dtype),
         "input_size": list(input_size),
@@ -235,9 +327,6 @@ def evaluate_zip(model, input_size, args, device, dtype):
     path = Path(args.output_dir) / "metrics.json"
     write_bytes(path, json.dumps(report, indent=2).encode())
     print(f"metrics saved to {path}")
-    if examples.picked:
-        folder = save_examples(model, examples.picked, input_size, test_set.crop, device, dtype, args)
-        print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
 
 
 class ExamplePicker:
@@ -256,7 +345,7 @@ class ExamplePicker:
             yield images, depth_m
 
 
-def save_examples(model, picked, input_size, crop_box, device, dtype, args):
+def save_examples(model, picked, input_size, crop_spec, device, dtype, args, max_depth_m=None):
     """Predict the picked test pictures by the protocol and write, per picture, its four tiles
     (NNNN_input/_gt/_pred/_error.png) and a titled panel of them (NNNN.png)."""
     folder = Path(args.output_dir) / "examples"
@@ -264,7 +353,8 @@ def save_examples(model, picked, input_size, crop_box, device, dtype, args):
         with torch.inference_mode(), autocast(device, dtype):
             pred_m = predict_depth_m(model, image[None].to(device), input_size, gt_m.shape[-2:], args.flip)
         pred_m = pred_m.float().cpu()
-        metrics = DepthMetrics()
+        crop_box = resolve_crop(crop_spec, *gt_m.shape[-2:])
+        metrics = DepthMetrics(max_depth_m)
         metrics.update(crop(pred_m, crop_box), crop(gt_m[None], crop_box))
         scores = metrics.compute()
         gt_m, pred_m = gt_m[0].numpy(), pred_m[0, 0].numpy()
@@ -491,7 +581,9 @@ def main(args):
     model, input_size = load_model(args.model, device)
     if args.compile:
         model = torch.compile(model)
-    if args.data is not None:
+    if args.data is not None and is_rgbd_dataset(args.data):
+        evaluate_pairs(model, input_size, args, device, dtype)
+    elif args.data is not None:
         evaluate_zip(model, input_size, args, device, dtype)
     else:
         predict_pictures(model, pictures, input_size, args, device, dtype)

@@ -68,16 +68,27 @@ def gradient_loss(pred, target):
 
 class DepthLoss(nn.Module):
     """L = l1_weight * L1(y, y_hat) + L_grad + clip((1 - SSIM) / 2, 0, 1) on the targets y of
-    depth_range (whose value range sets the SSIM constants); computed in fp32."""
+    depth_range (whose value range sets the SSIM constants); computed in fp32.
 
-    def __init__(self, depth_range=NYU_DEPTH_RANGE, l1_weight=0.1):
+    mask_invalid (datasets of one's own): NaN targets mark pixels without depth. L1 leaves them
+    out; the gradient and SSIM terms, which need whole images, see the prediction itself there,
+    so those pixels pull the network nowhere.
+    """
+
+    def __init__(self, depth_range=NYU_DEPTH_RANGE, l1_weight=0.1, mask_invalid=False):
         super().__init__()
         self.depth_range = depth_range
         self.value_range = depth_range.target_range
         self.l1_weight = l1_weight
+        self.mask_invalid = mask_invalid
 
     def forward(self, pred, target):
         pred, target = pred.float(), target.float()
-        l1 = (pred - target).abs().mean()
+        if self.mask_invalid:
+            valid = torch.isfinite(target)
+            target = torch.where(valid, target, pred.detach())
+            l1 = (pred - target).abs().sum() / valid.sum().clamp(min=1)
+        else:
+            l1 = (pred - target).abs().mean()
         ssim_term = ((1 - ssim(pred, target, self.value_range)) / 2).clamp(0, 1).mean()
         return self.l1_weight * l1 + gradient_loss(pred, target) + ssim_term

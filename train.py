@@ -7,6 +7,10 @@ A short CPU run on the built-in sample data (see sample_data.py):
         --epochs 4 --input_size 192 256 --no_pretrained
 Fine-tune a trained model (a checkpoint, or the authors' nyu.h5 / kitti.h5) on new data, as a new run:
     python train.py --data_dir my_data.zip --batch_size 8 --checkpoint_dir finetuned --epochs 5 --weights nyu.h5
+A dataset of one's own (a CSV of rgb_path,depth_path lines, or a folder with rgb/ and depth/), here
+KITTI-like: 16-bit PNGs of metres x 256, 1 to 80 m:
+    python train.py --data_dir kitti/train --val_data kitti/val --depth_scale 256 --min_depth 1 --max_depth 80 \
+        --batch_size 8 --checkpoint_dir runs/kitti --epochs 10
 Resume where a run stopped, to the same weights as a run that never stopped:
     python train.py --data_dir nyu_data.zip --batch_size 8 --checkpoint_dir checkpoints --epochs 20 \
         --checkpoint checkpoints/last.pth
@@ -60,15 +64,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import (
-    TEST_CSV,
-    TRAIN_CSV,
+    HELD_OUT_EVERY,
     FailedSample,
-    NYUDepthDataset,
     TrainingOrder,
     collate_pairs,
     downsample_depth_m,
-    open_training_data,
-    read_pairs,
+    open_training_sets,
 )
 from evaluate import evaluate_protocol
 from loss import DepthLoss
@@ -76,6 +77,7 @@ from metrics import DepthMetrics, format_table
 from model import (
     NYU_DEPTH_RANGE,
     DenseDepth,
+    DepthRange,
     count_parameters,
     depth_m_to_target,
     model_config,
@@ -112,12 +114,30 @@ from weights import describe, is_keras_file, load_weights
 
 # Settings that define a run. Left out on the command line, they are the checkpoint's when
 # resuming and these otherwise, so a resumed run goes on as the run it continues.
-SETTING_DEFAULTS = {"lr": 1e-4, "decoder_width": 1.0, "input_size": (480, 640), "seed": 0}
+SETTING_DEFAULTS = {
+    "lr": 1e-4,
+    "decoder_width": 1.0,
+    "input_size": (480, 640),
+    "seed": 0,
+    "min_depth": NYU_DEPTH_RANGE.min_m,
+    "max_depth": NYU_DEPTH_RANGE.max_m,
+}
 
 
 # Flags for how a run goes rather than what it trains (that, the checkpoint holds): given, they are
 # repeated in the command that resumes it.
-RUN_FLAGS = ("log_interval", "workers", "device", "precision", "max_bad_fraction", "compile", "sync_bn", "dist_url")
+RUN_FLAGS = (
+    "log_interval",
+    "workers",
+    "device",
+    "precision",
+    "max_bad_fraction",
+    "compile",
+    "sync_bn",
+    "dist_url",
+    "val_data",
+    "depth_scale",
+)
 
 
 def get_args_parser():
@@ -126,7 +146,8 @@ def get_args_parser():
     required.add_argument(
         "--data_dir",
         required=True,
-        help="Train data: nyu_data.zip, or a directory holding it or its extracted 'data' folder",
+        help="Train data: nyu_data.zip, or a directory holding it or its extracted 'data' folder; or a dataset of "
+        "one's own: a CSV of rgb_path,depth_path lines (relative to it), or a folder with rgb/ and depth/",
     )
     required.add_argument(
         "--batch_size",
@@ -181,6 +202,26 @@ def get_args_parser():
         "scaling on older GPUs, else fp32",
     )
     optional.add_argument("--compile", action="store_true", help="torch.compile the model (for CUDA runs)")
+    own = parser.add_argument_group("datasets of one's own")
+    own.add_argument(
+        "--val_data",
+        help="validation pairs (a CSV or rgb/ + depth/ folder); default: NYU's test split, or for a dataset of "
+        "one's own every 20th of its pairs, held out",
+    )
+    own.add_argument(
+        "--depth_scale",
+        type=float,
+        help="depth PNG units per metre (1000 for millimetres, 256 for KITTI, 5000 for TUM); .npy and float "
+        "TIFF depth is in metres",
+    )
+    own.add_argument(
+        "--min_depth", type=float, help="nearest depth in metres (default 0.1, or the checkpoint's / weights')"
+    )
+    own.add_argument(
+        "--max_depth",
+        type=float,
+        help="farthest depth in metres (default 10, NYU's; 80 for KITTI-like data), or the checkpoint's / weights'",
+    )
     optional.add_argument(
         "--max_bad_fraction",
         type=float,
@@ -213,9 +254,11 @@ def check_args(args):
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.input_size is not None and min(args.input_size) < 1:
         raise UserError(f"--input_size must be two positive numbers, got {list(args.input_size)}")
-    for flag in ("lr", "decoder_width"):
+    for flag in ("lr", "decoder_width", "depth_scale", "min_depth", "max_depth"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.min_depth is not None and args.max_depth is not None and not args.min_depth < args.max_depth:
+        raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if not 0 <= args.max_bad_fraction < 1:
@@ -239,11 +282,15 @@ def resolve_settings(args, checkpoint, weights=None):
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
     args.input_size = tuple(args.input_size)
-    if checkpoint is not None and args.decoder_width != checkpoint["config"]["decoder_width"]:
-        raise UserError(
-            f"--decoder_width {args.decoder_width} differs from the {checkpoint['config']['decoder_width']} of "
-            f"checkpoint {args.checkpoint}; leave the flag out to resume with the checkpoint's"
-        )
+    if checkpoint is not None:
+        for flag, value in model_settings(checkpoint).items():
+            if flag != "input_size" and getattr(args, flag) != value:
+                raise UserError(
+                    f"--{flag} {getattr(args, flag)} differs from the {value} of checkpoint {args.checkpoint}; "
+                    "leave the flag out to resume with the checkpoint's"
+                )
+    if not args.min_depth < args.max_depth:
+        raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
     if weights is not None and args.decoder_width != weights["config"]["decoder_width"]:
         raise UserError(
             f"--decoder_width {args.decoder_width} differs from the {weights['config']['decoder_width']} of "
@@ -252,7 +299,14 @@ def resolve_settings(args, checkpoint, weights=None):
 
 
 def model_settings(checkpoint):
-    return {key: checkpoint["config"][key] for key in ("decoder_width", "input_size")}
+    """The settings of the model a checkpoint holds, under their flags' names."""
+    config = checkpoint["config"]
+    return {
+        "decoder_width": config["decoder_width"],
+        "input_size": config["input_size"],
+        "min_depth": config.get("min_depth_m", NYU_DEPTH_RANGE.min_m),
+        "max_depth": config.get("max_depth_m", NYU_DEPTH_RANGE.max_m),
+    }
 
 
 def check_world(args, world):
@@ -270,10 +324,10 @@ def check_world(args, world):
 
 def build_loaders(args, world):
     """Training loader (this process's share of each global batch, in TrainingOrder, augmented) and
-    validation loader (its share of the zip's test split)."""
-    archive = open_training_data(args.data_dir)
-    train_set = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
-    val_set = NYUDepthDataset(archive, read_pairs(archive, TEST_CSV), augment=False)
+    validation loader (its share of the zip's test split, or of --val_data)."""
+    train_set, val_set = open_training_sets(args.data_dir, args.val_data, args.depth_scale)
+    if train_set.own_data and args.val_data is None:
+        print(f"validating on {len(val_set)} held-out pairs of {args.data_dir} (every {HELD_OUT_EVERY}th; --val_data)")
     if len(train_set) < args.batch_size:
         raise UserError(
             f"{args.data_dir} has {len(train_set)} training pairs, fewer than --batch_size {args.batch_size}"
@@ -310,6 +364,8 @@ def build_model(args, checkpoint, world, weights=None):
             with world.all_or_none():
                 if (world.local_rank == 0) == first_on_machine:
                     model = DenseDepth(args.decoder_width, pretrained=args.pretrained)
+    # A new run's range, or a fine-tuning's (which may change the weights'); a resumed run's is checked equal.
+    model.depth_range = DepthRange(args.min_depth, args.max_depth)
     if args.sync_bn and world.launched:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(world.device, memory_format=torch.channels_last)
@@ -383,14 +439,26 @@ class SkippedSamples:
             )
 
 
-def training_batch(images, depth_m, input_size, device, depth_range=NYU_DEPTH_RANGE):
+def training_batch(images, depth_m, input_size, device, depth_range=NYU_DEPTH_RANGE, mark_invalid=False):
     """A loader batch on the device at the network's sizes, resized there in one go.
 
     Images become float in [0, 1] at input_size, channels_last; depth (metres) is
-    resized to the output size in DenseDepth's target space for depth_range.
+    resized to the output size in DenseDepth's target space for depth_range. With
+    mark_invalid (datasets of one's own), depth that is 0, NaN or beyond the range is
+    left out of the resize (each output pixel averages the valid targets under it, so
+    sparse LiDAR-like depth keeps its measurements) and is NaN where none was, for the
+    loss to leave out.
     """
     images = resize(to_unit_range(images.to(device, non_blocking=True)), input_size)
-    depth_m = downsample_depth_m(depth_m.to(device, non_blocking=True), output_size(input_size), depth_range)
+    depth_m, size = depth_m.to(device, non_blocking=True), output_size(input_size)
+    if not mark_invalid:
+        depth_m = downsample_depth_m(depth_m, size, depth_range)
+        return images.contiguous(memory_format=torch.channels_last), depth_m
+    valid = torch.isfinite(depth_m) & (depth_m > 0) & (depth_m <= depth_range.max_m)
+    target = torch.where(valid, depth_m_to_target(depth_m, depth_range), 0.0)
+    weight = resize(valid.float(), size)
+    target = resize(target, size) / weight.clamp(min=1e-6)
+    depth_m = torch.where(weight > 1e-3, target_to_depth_m(target, depth_range), torch.nan)
     return images.contiguous(memory_format=torch.channels_last), depth_m
 
 
@@ -457,7 +525,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, dtype, progress
     steps_taken = 0
     for step, (images, depth_m) in enumerate(bar, start=first_step):
         if images is not None:
-            images, depth_m = training_batch(images, depth_m, args.input_size, world.device, criterion.depth_range)
+            images, depth_m = training_batch(
+                images, depth_m, args.input_size, world.device, criterion.depth_range, criterion.mask_invalid
+            )
             loss, pred = train_step(model, images, depth_m, criterion, optimizer, scaler, world.device, dtype)
             losses.append((step, loss))
             metrics.update(target_to_depth_m(pred.float(), criterion.depth_range), depth_m)
@@ -522,9 +592,12 @@ def validate(model, loader, args, world, dtype, guards, depth_range=None):
             if images is not None:
                 yield images, depth_m
 
+    # A dataset of one's own: no crop, ground truth capped at the model's range; NYU's: the Eigen crop.
+    own_data = loader.dataset.own_data
     metrics = evaluate_protocol(
-        model, batches(), args.input_size, None, world.device, dtype, total=len(loader), desc="validating",
-        progress_bar=world.is_main, depth_range=depth_range,
+        model, batches(), args.input_size, "none" if own_data else None, world.device, dtype, total=len(loader),
+        desc="validating", progress_bar=world.is_main, depth_range=depth_range,
+        max_depth_m=(depth_range or model.depth_range).max_m if own_data else None,
     )  # fmt: skip
     stop_number, any_failed = world.max(stop.number, len(failures))
     if any_failed:
@@ -696,7 +769,7 @@ def main(args):
             train_loader, val_loader = build_loaders(args, world)
         model = build_model(args, checkpoint, world, weights)
         train_model, eval_model = parallelize(model, args, world)
-        criterion = DepthLoss(model.depth_range)
+        criterion = DepthLoss(model.depth_range, mask_invalid=train_loader.dataset.own_data)
         optimizer = build_optimizer(model, args, world.device)
         # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
         scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
