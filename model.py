@@ -240,13 +240,13 @@ def _state_mismatch(expected, found):
 
 
 def pad_to_multiple(image, multiple):
-    """Replicate-pad the bottom and right edges so both sides are multiples of `multiple`."""
+    """Replicate-pad the bottom and right edges so both sides are multiples of `multiple`.
+
+    No shortcut for sizes that need no padding: a branch on the size would freeze the
+    padding at the size an exported model (ONNX, TorchScript) was traced with.
+    """
     height, width = image.shape[-2:]
-    pad_bottom = -height % multiple
-    pad_right = -width % multiple
-    if pad_bottom == 0 and pad_right == 0:
-        return image
-    return F.pad(image, (0, pad_right, 0, pad_bottom), mode="replicate")
+    return F.pad(image, (0, -width % multiple, 0, -height % multiple), mode="replicate")
 
 
 def count_parameters(module):
@@ -281,14 +281,18 @@ def predict_depth_m(model, images, input_size, out_size, flip=True, channels_las
     [0.1, 10] m for NYU) and upsampled bilinearly to out_size before
     averaging, as in DenseDepth's evaluation. depth_range: the model's own
     (model.depth_range) unless given, as it must be for a wrapper that hides it.
+    A model with returns_depth_m (an exported one) gives metres at its input's
+    size itself; they are resized to out_size.
     Run it inside the caller's autocast context; the depth comes out in float32.
     """
-    depth_range = depth_range or model.depth_range
     images = resize(to_unit_range(images), input_size)
     batch = torch.cat([images, images.flip(-1)]) if flip else images
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    depth_m = resize(target_to_depth_m(model(batch).float(), depth_range), out_size)
+    if getattr(model, "returns_depth_m", False):  # an exported model (deploy.py): metres at the input's size
+        depth_m = resize(model(batch).float(), out_size)
+    else:
+        depth_m = resize(target_to_depth_m(model(batch).float(), depth_range or model.depth_range), out_size)
     if flip:
         depth_m, mirrored = depth_m.chunk(2)
         depth_m = (depth_m + mirrored.flip(-1)) / 2
