@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from data import (
     CROPS,
+    DEPTH_SCALE_HELP,
     EigenTestZip,
     FailedSample,
     NYUDepthDataset,
@@ -45,6 +46,7 @@ from data import (
     open_rgbd_pairs,
     scaled_eigen_crop,
 )
+from deploy import OnnxDepthModel
 from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
 from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
 from utils import (
@@ -81,8 +83,9 @@ def get_args_parser():
     parser.add_argument(
         "--model",
         required=True,
-        help="Model checkpoint path: this project's .pth, or the DenseDepth authors' nyu.h5 / kitti.h5 (read as "
-        "KITTI's, 1 to 80 m, when the name holds 'kitti'; else NYU's, 0.1 to 10 m)",
+        help="Model checkpoint path: this project's .pth, the DenseDepth authors' nyu.h5 / kitti.h5 (read as "
+        "KITTI's, 1 to 80 m, when the name holds 'kitti'; else NYU's, 0.1 to 10 m), or a .onnx from export.py "
+        "(run by onnxruntime)",
     )
     parser.add_argument(
         "--data",
@@ -138,12 +141,7 @@ def get_args_parser():
         help="where the metrics are taken: eigen (NYU's), garg or eigen_kitti (KITTI's, as fractions of the "
         "size), none; default: the crop nyu_test.zip holds, none for a dataset of one's own",
     )
-    test_data.add_argument(
-        "--depth_scale",
-        type=float,
-        help="a dataset of one's own: depth PNG units per metre (1000 for millimetres, 256 for KITTI, 5000 "
-        "for TUM); .npy and float TIFF depth is in metres",
-    )
+    test_data.add_argument("--depth_scale", type=float, help=DEPTH_SCALE_HELP)
     pictures = parser.add_argument_group("with --img")
     pictures.add_argument("--colorbar", action="store_true", help="draw a colour bar in metres beside the depth")
     pictures.add_argument(
@@ -190,7 +188,12 @@ def check_args(args):
 
 def load_model(path, device):
     """The model stored in a checkpoint (or the authors' Keras .h5), in eval mode and channels_last
-    on `device`, and its training input size."""
+    on `device`, or an exported .onnx run by onnxruntime; and its training input size."""
+    if Path(path).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime
+        model = OnnxDepthModel(path)
+        print(f"{path}: an exported model run by onnxruntime on the CPU, depth {model.depth_range.min_m:g} to "
+              f"{model.depth_range.max_m:g} m")  # fmt: skip
+        return model, model.input_size
     checkpoint = load_weights(path)
     if is_keras_file(path):
         print(describe(checkpoint))
@@ -579,7 +582,7 @@ def main(args):
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
     model, input_size = load_model(args.model, device)
-    if args.compile:
+    if args.compile and isinstance(model, torch.nn.Module):
         model = torch.compile(model)
     if args.data is not None and is_rgbd_dataset(args.data):
         evaluate_pairs(model, input_size, args, device, dtype)

@@ -1,0 +1,204 @@
+"""Deployment: a trained model as one network from pictures to metres, exported to ONNX or
+TorchScript, run with onnxruntime, and quantised to INT8 for CPUs.
+
+The exported network holds everything a user needs: the input scaling (and ImageNet
+normalisation where the model has it), the padding of any height and width to multiples
+of 32, DenseDepth's network, the conversion of its output to metres (clipped to the
+model's depth range) and the upsampling back to the input's size:
+
+    input   "image"    (N, 3, H, W) RGB, uint8 0..255 (or float32 in [0, 1]), any N, H, W
+    output  "depth_m"  (N, 1, H, W) float32, depth in metres
+
+The files carry this, the depth range and the size the model was trained at in their
+metadata (ONNX metadata_props; TorchScript's extra file metadata.json).
+
+onnx, onnxscript and onnxruntime are needed only here: requirements-deploy.txt.
+"""
+
+import importlib
+import json
+import logging
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model import DepthRange, target_to_depth_m
+from utils import UserError
+
+INPUT_NAME, OUTPUT_NAME = "image", "depth_m"
+INPUT_KINDS = ("uint8", "float")
+
+
+class DepthInMetres(nn.Module):
+    """A DenseDepth model as pictures in, metres out: (N, 3, H, W) uint8 (or float in [0, 1]) of
+    any size -> (N, 1, H, W) depth in metres, at the input's size, without flip averaging."""
+
+    def __init__(self, model, uint8_input=True):
+        super().__init__()
+        self.model = model
+        self.uint8_input = uint8_input
+
+    def forward(self, image):
+        x = image.float() / 255 if self.uint8_input else image.float()
+        depth_m = target_to_depth_m(self.model(x).float(), self.model.depth_range)
+        return F.interpolate(depth_m, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def metadata(config, uint8_input, source):
+    """What goes in and comes out, and the model's settings, as text for the file's metadata."""
+    low, high = config["min_depth_m"], config["max_depth_m"]
+    return {
+        "producer": "DenseDepth (this repository's export.py)",
+        "input": f"{INPUT_NAME}: (N, 3, H, W) RGB, "
+        + ("uint8 0..255" if uint8_input else "float32 in [0, 1]")
+        + "; any N, H and W (padded inside to multiples of 32); no normalisation needed",
+        "output": f"{OUTPUT_NAME}: (N, 1, H, W) float32, depth in metres, {low:g} to {high:g}, at the input's size",
+        "min_depth_m": str(low),
+        "max_depth_m": str(high),
+        "input_size": " ".join(str(side) for side in config["input_size"]),
+        "input_size_note": "the height and width the model was trained at; pictures of about that area work best",
+        "source": str(source),
+        "config": json.dumps(config),
+    }
+
+
+def example_input(size, uint8_input, batch=1, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, generator=generator)
+    return pixels if uint8_input else pixels.float() / 255
+
+
+def export_onnx(module, path, example, meta):
+    """ONNX (opset 18) with dynamic batch, height and width, through torch.export."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = torch.export.Dim("height", min=32, max=8192)
+    width = torch.export.Dim("width", min=32, max=8192)
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        dynamo=True,
+        opset_version=18,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={"image": {0: batch, 2: height, 3: width}},
+        verbose=False,
+    )
+    onnx = _import("onnx")
+    graph = onnx.load(str(path))
+    del graph.metadata_props[:]
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+
+
+def export_torchscript(module, path, example, meta):
+    """TorchScript by tracing; the sizes are traced as functions of the input's, so any size runs."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice: still works
+        traced = torch.jit.trace(module, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
+
+
+def load_torchscript_metadata(path):
+    """The metadata export_torchscript stored in a .pt."""
+    files = {"metadata.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    return json.loads(files["metadata.json"])
+
+
+def _import(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise UserError(f"this needs {name}, which is not installed: pip install -r requirements-deploy.txt") from err
+
+
+class OnnxDepthModel:
+    """An exported .onnx run by onnxruntime on the CPU, shaped for model.predict_depth_m: called on
+    (N, 3, H, W) float pictures in [0, 1], it gives depth in metres at their size (returns_depth_m)."""
+
+    returns_depth_m = True
+
+    def __init__(self, path, threads=None):
+        ort = _import("onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for files it cannot load
+            raise UserError(f"{path} could not be loaded by onnxruntime ({str(err).splitlines()[0][:200]})") from err
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "max_depth_m" not in meta:
+            raise UserError(f"{path} is an ONNX model, but not one export.py wrote (no depth range in its metadata)")
+        self.path = path
+        self.depth_range = DepthRange(float(meta["min_depth_m"]), float(meta["max_depth_m"]))
+        self.input_size = tuple(int(side) for side in meta["input_size"].split())
+        self.uint8_input = self.session.get_inputs()[0].type == "tensor(uint8)"
+
+    def __call__(self, images):
+        array = images.detach().float().cpu().numpy()
+        if self.uint8_input:
+            array = np.clip(np.rint(array * 255), 0, 255).astype(np.uint8)
+        (depth_m,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(array)})
+        return torch.from_numpy(depth_m).to(images.device)
+
+    def to(self, *args, **kwargs):  # onnxruntime runs on the CPU, whatever torch's device
+        return self
+
+    def eval(self):
+        return self
+
+
+def run_onnx(path, pictures):
+    """depth_m of (N, 3, H, W) pictures (numpy, the file's input type) through onnxruntime."""
+    session = _import("onnxruntime").InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: pictures})[0]
+
+
+def quantize_int8(onnx_path, int8_path, calibration, per_channel=True):
+    """Static INT8 quantisation (QDQ: int8 weights, per channel; uint8 activations) calibrated on
+    `calibration`, a list of (1, 3, H, W) arrays of the model's input type."""
+    quantization = _import("onnxruntime.quantization")
+    from onnxruntime.quantization import shape_inference
+
+    class Pictures(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            picture = next(self.items, None)
+            return None if picture is None else {INPUT_NAME: picture}
+
+    prepared = int8_path.with_name(int8_path.stem + ".prepared.onnx")
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    # The quantiser warns once per BatchNorm that DenseNet's pre-activation layout keeps unfolded.
+    root_logger.setLevel(logging.ERROR)
+    try:
+        shape_inference.quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quantization.quantize_static(
+            str(prepared),
+            str(int8_path),
+            Pictures(),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+        )
+    finally:
+        root_logger.setLevel(level)
+        prepared.unlink(missing_ok=True)
+    onnx = _import("onnx")
+    graph, source = onnx.load(str(int8_path)), onnx.load(str(onnx_path), load_external_data=False)
+    del graph.metadata_props[:]
+    for prop in source.metadata_props:
+        graph.metadata_props.add(key=prop.key, value=prop.value)
+    graph.metadata_props.add(key="quantization", value="static INT8, QDQ, per-channel weights, uint8 activations")
+    onnx.save(graph, str(int8_path))
