@@ -4,6 +4,9 @@ On the built-in sample data (rendered into data/sample first if it is not there)
     python bench/benchmark.py
 On a GPU, with torch.compile for the training row:
     python bench/benchmark.py --device cuda --compile
+Deployment only (needs requirements-deploy.txt): PyTorch fp32 and bf16 against onnxruntime
+fp32 and INT8, on the CPU:
+    python bench/benchmark.py --deploy
 
 The straightforward path is what a first port of DenseDepth does: fp32,
 contiguous memory, the mirror image as a second forward pass, the test arrays
@@ -50,7 +53,7 @@ from data import (
 from evaluate import eigen_batches, evaluate_protocol, load_model
 from loss import DepthLoss
 from metrics import DepthMetrics, crop
-from model import DenseDepth, output_size, predict_depth_m
+from model import DenseDepth, model_config, output_size, predict_depth_m
 from train import build_optimizer, train_step, training_batch
 from utils import autocast, choose_device, choose_precision, cpu_has_native_bf16, precision_name, write_bytes
 
@@ -68,6 +71,11 @@ def get_args_parser():
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each speed case")
     parser.add_argument("--rounds", type=int, default=2, help="fresh-process runs of each speed case; best kept")
     parser.add_argument("--compile", action="store_true", help="torch.compile our training path (CUDA)")
+    parser.add_argument(
+        "--deploy",
+        action="store_true",
+        help="only the deployment rows: PyTorch fp32 / bf16 against onnxruntime fp32 / INT8 (CPU)",
+    )
     return parser
 
 
@@ -488,12 +496,123 @@ def format_report(machine, rows, accuracy):
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- deployment
+
+
+def export_pair(model_file, out_dir, calibration_zip):
+    """model.onnx and model.int8.onnx of a checkpoint, by export.py (its own checks included)."""
+    onnx_path = Path(out_dir) / (Path(model_file).stem + ".onnx")
+    if not onnx_path.with_suffix(".int8.onnx").is_file():
+        command = [sys.executable, str(ROOT / "export.py"), "--model", str(model_file), "--format", "onnx"]
+        command += ["--output", str(onnx_path), "--int8", "--calibration", str(calibration_zip)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return onnx_path, onnx_path.with_suffix(".int8.onnx")
+
+
+def case_deploy_speed(kind, path, repeats, threads):
+    """Seconds to predict one 640x480 picture and its mirror (one batch of 2), as each runtime does it."""
+    torch.set_num_threads(threads)
+    size = (480, 640)
+    pictures = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
+    if kind.startswith("onnxruntime"):
+        from deploy import OnnxDepthModel
+
+        model = OnnxDepthModel(path, threads=threads)
+        feed = {"image": pictures.numpy()}
+        return {"seconds": timed(lambda: model.session.run(None, feed), torch.device("cpu"), repeats)}
+    device = torch.device("cpu")
+    dtype = torch.bfloat16 if kind == "pytorch bf16" else torch.float32
+    model, _ = load_model(path, device)
+
+    def predict():
+        with torch.inference_mode(), autocast(device, dtype):
+            return predict_depth_m(model, pictures[:1], size, size, flip=True)
+
+    return {"seconds": timed(predict, device, repeats)}
+
+
+def case_deploy_accuracy(kind, path, test_zip):
+    device = torch.device("cpu")
+    model, input_size = load_model(path, device)
+    dtype = torch.bfloat16 if kind == "pytorch bf16" else torch.float32
+    test_set = EigenTestZip(test_zip)
+    metrics = evaluate_protocol(model, eigen_batches(test_set, 4), input_size, test_set.crop, device, dtype)
+    values = metrics.compute("per_image")
+    return {key: values[key] for key in ("delta1", "abs_rel")}
+
+
+def run_deploy_cases(args, checkpoint, test_zip):
+    """The four ways to run a model on a CPU, side by side: speed on the paper's model at 640x480
+    (its weights random: speed does not depend on them), accuracy with one set of trained weights."""
+    out_dir = Path(args.out_dir) / "deploy"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paper = out_dir / "paper_model.pth"
+    if not paper.is_file():
+        torch.manual_seed(0)
+        model = DenseDepth(decoder_width=1.0)
+        torch.save({"model": model.state_dict(), "config": model_config(model, (480, 640)), "args": {}}, paper)
+    print("exporting the paper's model and the trained one to ONNX and INT8 (a few minutes)", flush=True)
+    paper_files = export_pair(paper, out_dir, test_zip)
+    trained_files = export_pair(checkpoint, out_dir, test_zip)
+    kinds = {
+        "pytorch fp32": (paper, checkpoint),
+        "pytorch bf16": (paper, checkpoint),
+        "onnxruntime fp32": (paper_files[0], trained_files[0]),
+        "onnxruntime int8": (paper_files[1], trained_files[1]),
+    }
+    threads = os.cpu_count() or 1
+    results = {}
+    for kind, (speed_file, accuracy_file) in kinds.items():
+        runs = [in_fresh_process(case_deploy_speed, kind, str(speed_file), args.repeats, threads)
+                for _ in range(args.rounds)]  # fmt: skip
+        results[kind] = {
+            "seconds": min(run["seconds"] for run in runs),
+            **in_fresh_process(case_deploy_accuracy, kind, str(accuracy_file), str(test_zip)),
+        }
+        print(f"{kind}: {results[kind]['seconds']:.3f} s, delta1 {results[kind]['delta1']:.4f}", flush=True)
+    return results
+
+
+def format_deploy_report(machine, results, checkpoint):
+    bf16, fp32 = results["pytorch bf16"], results["pytorch fp32"]
+    lines = machine + [
+        "",
+        "| runtime | s per 640x480 picture + mirror (paper's model) | x over PyTorch bf16 | delta1 | abs rel |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, result in results.items():
+        lines.append(
+            f"| {kind} | {result['seconds']:.3f} | {bf16['seconds'] / result['seconds']:.2f}x "
+            f"| {result['delta1']:.4f} | {result['abs_rel']:.4f} |"
+        )
+    int8 = results["onnxruntime int8"]
+    speed_met = bf16["seconds"] / int8["seconds"] >= 1.5
+    accuracy_met = abs(int8["delta1"] - fp32["delta1"]) <= 0.01
+    lines += [
+        "",
+        f"accuracy: per-image, the sample test zip, weights {checkpoint} (exported the same way)",
+        (
+            f"INT8 >= 1.5x over PyTorch bf16: {'met' if speed_met else 'NOT met'}; "
+            f"INT8 delta1 within 0.01 of fp32: {'met' if accuracy_met else 'NOT met'} "
+            f"({int8['delta1'] - fp32['delta1']:+.4f})"
+        ),
+    ]
+    return "\n".join(lines)
+
+
 def main(args):
     device = choose_device(args.device)
     train_zip, test_zip = ensure_sample_data(args.data_dir)
     checkpoint = ensure_checkpoint(args, train_zip)
     machine = machine_description(device)
     print("\n".join(machine), flush=True)
+    if args.deploy:
+        results = run_deploy_cases(args, checkpoint, test_zip)
+        print("\n" + format_deploy_report(machine, results, checkpoint))
+        path = Path(args.out_dir) / "deploy.json"
+        write_bytes(path, json.dumps({"machine": machine, "results": results}, indent=2).encode())
+        print(f"\nsaved to {path}")
+        return
     rows = run_speed_cases(args, device)
     loader_rows = run_loader_cases(args, train_zip)
     evaluation_rows, accuracy = run_evaluation_cases(device, checkpoint, test_zip)
