@@ -1,0 +1,128 @@
+"""Deployment: ONNX and TorchScript exports of a tiny trained model, checked against PyTorch at two
+sizes (one not a multiple of 32), the INT8 model, evaluate.py on an .onnx, and torch.hub."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_script
+from PIL import Image
+from test_bad_input import assert_one_clear_line
+
+import evaluate
+import export
+from deploy import DepthInMetres, example_input, load_torchscript_metadata
+from model import model_from_checkpoint
+from utils import load_checkpoint
+
+ort = pytest.importorskip("onnxruntime", reason="the deployment extras: pip install -r requirements-deploy.txt")
+onnx = pytest.importorskip("onnx", reason="the deployment extras: pip install -r requirements-deploy.txt")
+
+SIZES = ((64, 64), (75, 249))  # the training size, and one that is not a multiple of 32
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tiny_zips, tmp_path_factory):
+    """(folder, model.onnx, model.int8.onnx, model.pt) of the tiny trained model (input 64x64)."""
+    folder = tmp_path_factory.mktemp("exported")
+    for file_format, name, extra in (("onnx", "model.onnx", ["--int8", "--calibration", tiny_zips[1]]),
+                                     ("torchscript", "model.pt", [])):  # fmt: skip
+        argv = ["--model", tiny_checkpoint, "--format", file_format, "--output", folder / name, *extra]
+        args = export.get_args_parser().parse_args([str(arg) for arg in argv])
+        export.main(args)
+    return folder, folder / "model.onnx", folder / "model.int8.onnx", folder / "model.pt"
+
+
+def reference(checkpoint_path, pictures):
+    model = model_from_checkpoint(load_checkpoint(checkpoint_path), checkpoint_path).eval()
+    with torch.no_grad():
+        return DepthInMetres(model).eval()(pictures).numpy()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_onnxruntime_gives_pytorchs_depth_at_any_size(exported, tiny_checkpoint, size):
+    session = ort.InferenceSession(str(exported[1]), providers=["CPUExecutionProvider"])
+    pictures = example_input(size, uint8_input=True, batch=3, seed=5)
+    (depth_m,) = session.run(["depth_m"], {"image": pictures.numpy()})
+    expected = reference(tiny_checkpoint, pictures)
+    assert depth_m.shape == (3, 1, *size)
+    assert np.abs(depth_m - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_the_onnx_file_says_what_goes_in_and_comes_out(exported):
+    meta = ort.InferenceSession(str(exported[1]), providers=["CPUExecutionProvider"]).get_modelmeta()
+    props = meta.custom_metadata_map
+    assert "uint8" in props["input"] and "metres" in props["output"]
+    assert (props["min_depth_m"], props["max_depth_m"], props["input_size"]) == ("0.1", "10.0", "64 64")
+
+
+def test_torchscript_loads_with_torch_alone(exported, tiny_checkpoint, tmp_path):
+    """In a fresh Python that has torch and nothing of this repository."""
+    pictures = example_input(SIZES[1], uint8_input=True, batch=2, seed=6)
+    np.save(tmp_path / "pictures.npy", pictures.numpy())
+    script = (
+        f"import numpy, torch; model = torch.jit.load(r'{exported[3]}'); "
+        "numpy.save('depth.npy', model(torch.from_numpy(numpy.load('pictures.npy'))).detach().numpy())"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    depth_m, expected = np.load(tmp_path / "depth.npy"), reference(tiny_checkpoint, pictures)
+    assert depth_m.shape == expected.shape and np.abs(depth_m - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert load_torchscript_metadata(exported[3])["max_depth_m"] == "10.0"
+
+
+def test_the_int8_model_runs_and_stays_close(exported):
+    pictures = example_input(SIZES[0], uint8_input=True, batch=2, seed=7).numpy()
+    runs = {}
+    for path in exported[1:3]:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs[path.name] = session.run(["depth_m"], {"image": pictures})[0]
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(exported[2])).graph.node)
+    relative = np.abs(runs["model.int8.onnx"] - runs["model.onnx"]) / runs["model.onnx"]
+    assert np.median(relative) < 0.05
+
+
+def test_evaluate_runs_an_onnx_by_the_same_protocol(exported, tiny_checkpoint, tiny_zips, tmp_path, capsys):
+    metrics, outputs = {}, {}
+    for name, model in (("onnx", exported[1]), ("pth", tiny_checkpoint)):
+        argv = ["--model", model, "--data", tiny_zips[1], "--output_dir", tmp_path / name, "--precision", "fp32"]
+        status, outputs[name], err = run_script(evaluate, argv + ["--num_examples", 1], capsys)
+        assert status == 0, err
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())["per_image"]
+    assert "run by onnxruntime" in outputs["onnx"] and (tmp_path / "onnx" / "examples" / "0000.png").is_file()
+    for key in ("delta1", "abs_rel", "rms"):  # the pictures go in as uint8: rounding, no more
+        assert metrics["onnx"][key] == pytest.approx(metrics["pth"][key], abs=0.01), key
+    picture = tmp_path / "picture.png"
+    Image.fromarray(example_input((50, 70), True)[0].permute(1, 2, 0).numpy()).save(picture)
+    argv = ["--model", exported[1], "--img", picture, "--output_dir", tmp_path / "img"]
+    status, _, err = run_script(evaluate, argv, capsys)
+    assert status == 0, err
+    assert np.load(tmp_path / "img" / "picture_depth_m.npy").shape == (50, 70)
+
+
+def test_torch_hub_gives_the_model_with_its_settings(tiny_checkpoint):
+    model = torch.hub.load(str(ROOT), "densedepth", source="local", weights=str(tiny_checkpoint))
+    state = load_checkpoint(tiny_checkpoint)["model"]
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())
+    assert model.decoder_width == 0.0625 and not model.training
+    metres = torch.hub.load(str(ROOT), "densedepth", source="local", weights=str(tiny_checkpoint), metres=True)
+    depth_m = metres(torch.rand(1, 3, 50, 70))
+    assert depth_m.shape == (1, 1, 50, 70) and 0.1 <= depth_m.min() and depth_m.max() <= 10
+
+
+def test_deployment_bad_input(exported, tiny_checkpoint, tmp_path, capsys):
+    argv = ["--model", tiny_checkpoint, "--format", "torchscript", "--output", tmp_path / "m.pt", "--int8"]
+    assert_one_clear_line(run_script(export, argv, capsys), "--int8 quantises an ONNX model")
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_text("not a model")
+    argv = ["--model", bogus, "--img", exported[0] / "missing.png", "--output_dir", tmp_path]
+    assert_one_clear_line(run_script(evaluate, argv, capsys), "missing.png does not exist")
+    argv = ["--model", bogus, "--data", tmp_path / "x.zip", "--output_dir", tmp_path]
+    assert_one_clear_line(run_script(evaluate, argv, capsys), "bogus.onnx could not be loaded by onnxruntime")
