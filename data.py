@@ -188,6 +188,10 @@ DEPTH_PNG_MODES = "8-bit grayscale (value / 255 x 10 m) or 16-bit grayscale (mil
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # png_scale of decode_depth for NYU's own files: 8-bit value / 255 x 10 m, 16-bit millimetres.
 NYU_PNG = "nyu"
+DEPTH_SCALE_HELP = (
+    "a dataset of one's own: depth PNG units per metre (1000 for millimetres, 256 for KITTI, 5000 for TUM); "
+    ".npy and float TIFF depth is in metres"
+)
 DEPTH_FORMATS = (
     "an 8- or 16-bit grayscale PNG (with --depth_scale, its units per metre), a float .npy or a "
     "32-bit float TIFF in metres"

@@ -64,6 +64,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import (
+    DEPTH_SCALE_HELP,
     HELD_OUT_EVERY,
     FailedSample,
     TrainingOrder,
@@ -208,12 +209,7 @@ def get_args_parser():
         help="validation pairs (a CSV or rgb/ + depth/ folder); default: NYU's test split, or for a dataset of "
         "one's own every 20th of its pairs, held out",
     )
-    own.add_argument(
-        "--depth_scale",
-        type=float,
-        help="depth PNG units per metre (1000 for millimetres, 256 for KITTI, 5000 for TUM); .npy and float "
-        "TIFF depth is in metres",
-    )
+    own.add_argument("--depth_scale", type=float, help=DEPTH_SCALE_HELP)
     own.add_argument(
         "--min_depth", type=float, help="nearest depth in metres (default 0.1, or the checkpoint's / weights')"
     )
