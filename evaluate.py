@@ -20,7 +20,6 @@ inside the Eigen crop over ground-truth pixels that are finite and > 0.
 
 import argparse
 import glob
-import io
 import json
 import math
 import sys
@@ -40,15 +39,13 @@ from data import (
     FailedSample,
     NYUDepthDataset,
     crop_box,
-    encode_picture,
-    encode_test_depth_png,
     is_rgbd_dataset,
     open_rgbd_pairs,
     scaled_eigen_crop,
 )
-from deploy import OnnxDepthModel
+from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs  # noqa: F401
 from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
-from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
+from model import predict_depth_m
 from utils import (
     PRECISIONS,
     UserError,
@@ -64,18 +61,12 @@ from utils import (
 )
 from visualize import (
     DEPTH_CMAP,
-    backproject,
-    depth_picture,
     depth_range,
     example_indices,
     example_panel,
     example_tiles,
-    ply_bytes,
     png_bytes,
-    scaled_intrinsics,
-    side_by_side,
 )
-from weights import describe, is_keras_file, load_weights
 
 
 def get_args_parser():
@@ -184,21 +175,6 @@ def check_args(args):
         raise UserError("--depth_scale is for --data of one's own (a CSV or rgb/ + depth/ folders)")
     if args.intrinsics is not None and not (args.intrinsics[0] > 0 and args.intrinsics[1] > 0):
         raise UserError(f"--intrinsics FX and FY must be positive, got {args.intrinsics[:2]}")
-
-
-def load_model(path, device):
-    """The model stored in a checkpoint (or the authors' Keras .h5), in eval mode and channels_last
-    on `device`, or an exported .onnx run by onnxruntime; and its training input size."""
-    if Path(path).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime
-        model = OnnxDepthModel(path)
-        print(f"{path}: an exported model run by onnxruntime on the CPU, depth {model.depth_range.min_m:g} to "
-              f"{model.depth_range.max_m:g} m")  # fmt: skip
-        return model, model.input_size
-    checkpoint = load_weights(path)
-    if is_keras_file(path):
-        print(describe(checkpoint))
-    model = model_from_checkpoint(checkpoint, path)
-    return model.to(device, memory_format=torch.channels_last).eval(), tuple(checkpoint["config"]["input_size"])
 
 
 def evaluate_protocol(
@@ -395,12 +371,6 @@ def rgb_array(picture):
     return np.array(picture.convert("RGB"))
 
 
-def network_size(picture_size, trained_size):
-    """An input size with the picture's aspect ratio, about the trained area, sides multiples of 32."""
-    scale = math.sqrt(trained_size[0] * trained_size[1] / (picture_size[0] * picture_size[1]))
-    return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in picture_size)
-
-
 # What --img reads from a directory or a glob (a file named explicitly is tried whatever its suffix).
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -494,28 +464,6 @@ def same_size_batches(loaded, batch_size, on_failure):
         yield indices, torch.cat(images)
 
 
-def picture_outputs(image, depth_m, args, max_depth_m=10.0):
-    """The files written for one picture, {suffix: contents}: colour map, millimetres (for a model whose
-    depth can pass 65.5 m, as KITTI's, metres x 256 instead), metres, and on request side by side and
-    point cloud. image: (H, W, 3) uint8; depth_m: (H, W) float32."""
-    vmin, vmax = args.depth_range or (None, None)
-    colour = depth_picture(depth_m, vmin, vmax, args.cmap, with_colorbar=args.colorbar)
-    buffer = io.BytesIO()
-    np.save(buffer, depth_m.astype(np.float32))
-    files = {"_depth.png": png_bytes(colour)}
-    if max_depth_m * 1000 <= np.iinfo(np.uint16).max:
-        files["_depth_mm.png"] = encode_test_depth_png(depth_m)  # NYU's test-depth format: 10 m fits
-    else:  # millimetres overflow 16 bits past 65.5 m: KITTI's own convention
-        files["_depth_256.png"] = encode_picture(np.clip(np.rint(depth_m * 256), 0, 65535).astype(np.uint16), "PNG")
-    files["_depth_m.npy"] = buffer.getvalue()
-    if args.side_by_side:
-        files["_side_by_side.png"] = png_bytes(side_by_side(image, colour))
-    if args.ply:
-        intrinsics = args.intrinsics or scaled_intrinsics(*depth_m.shape)
-        files[".ply"] = ply_bytes(backproject(depth_m, intrinsics), image.reshape(-1, 3))
-    return files
-
-
 def predict_pictures(model, pictures, input_size, args, device, dtype):
     """Depth of each (path, output name) picture, batched by size, written to output_dir."""
     workers = min(default_workers(device), len(pictures) - 1)
@@ -532,10 +480,8 @@ def predict_pictures(model, pictures, input_size, args, device, dtype):
             tqdm.write(f"skipped: {why}", file=sys.stderr)
 
     for indices, images in same_size_batches(loaded, args.batch_size, skip):
-        size = tuple(images.shape[-2:])
-        with torch.inference_mode(), autocast(device, dtype):
-            depth_m = predict_depth_m(model, images.to(device), network_size(size, input_size), size, args.flip)
-        for index, image, depth in zip(indices, images, depth_m[:, 0].float().cpu().numpy()):
+        depth_m = depth_of_pictures(model, images, input_size, device, dtype, args.flip)
+        for index, image, depth in zip(indices, images, depth_m):
             stem = Path(args.output_dir) / pictures[index][1]
             files = picture_outputs(image.permute(1, 2, 0).numpy(), depth, args, model.depth_range.max_m)
             for suffix, contents in files.items():
@@ -544,16 +490,6 @@ def predict_pictures(model, pictures, input_size, args, device, dtype):
         bar.update(len(written) + len(failures) - bar.n)
     bar.close()
     report_pictures(written, failures, len(pictures), args)
-
-
-OUTPUT_KINDS = {
-    "_depth.png": "colour map, near = dark",
-    "_depth_mm.png": "16-bit PNG, millimetres",
-    "_depth_256.png": "16-bit PNG, metres x 256 as KITTI's",
-    "_depth_m.npy": "float32, metres",
-    "_side_by_side.png": "picture | depth",
-    ".ply": "point cloud, metres",
-}
 
 
 def report_pictures(written, failures, num_pictures, args):

@@ -1,0 +1,84 @@
+"""Depth of a picture from any model file: what evaluate.py --img and demo.py share.
+
+load_model opens this project's checkpoints, the authors' Keras .h5 files and exported .onnx
+models; depth_of_picture runs the prediction step of the protocol at about the area the model
+was trained at; picture_outputs makes the files written for a picture (colour map, 16-bit PNG,
+.npy in metres, side by side, point cloud), so every front end writes the same files.
+"""
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data import encode_picture, encode_test_depth_png
+from deploy import OnnxDepthModel
+from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
+from utils import autocast
+from visualize import backproject, depth_picture, ply_bytes, png_bytes, scaled_intrinsics, side_by_side
+from weights import describe, is_keras_file, load_weights
+
+
+def load_model(path, device):
+    """The model stored in a checkpoint (or the authors' Keras .h5), in eval mode and channels_last
+    on `device`, or an exported .onnx run by onnxruntime; and its training input size."""
+    if Path(path).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime
+        model = OnnxDepthModel(path)
+        print(f"{path}: an exported model run by onnxruntime on the CPU, depth {model.depth_range.min_m:g} to "
+              f"{model.depth_range.max_m:g} m")  # fmt: skip
+        return model, model.input_size
+    checkpoint = load_weights(path)
+    if is_keras_file(path):
+        print(describe(checkpoint))
+    model = model_from_checkpoint(checkpoint, path)
+    return model.to(device, memory_format=torch.channels_last).eval(), tuple(checkpoint["config"]["input_size"])
+
+
+def network_size(picture_size, trained_size):
+    """An input size with the picture's aspect ratio, about the trained area, sides multiples of 32."""
+    scale = math.sqrt(trained_size[0] * trained_size[1] / (picture_size[0] * picture_size[1]))
+    return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in picture_size)
+
+
+def depth_of_pictures(model, images, input_size, device, dtype, flip=True):
+    """Depth in metres (N, H, W) float32 numpy of (N, 3, H, W) uint8 pictures of one size: the
+    network runs at about its trained area with the pictures' aspect ratio (network_size), and the
+    depth comes back at the pictures' own size."""
+    size = tuple(images.shape[-2:])
+    with torch.inference_mode(), autocast(device, dtype):
+        depth_m = predict_depth_m(model, images.to(device), network_size(size, input_size), size, flip)
+    return depth_m[:, 0].float().cpu().numpy()
+
+
+def picture_outputs(image, depth_m, args, max_depth_m=10.0):
+    """The files written for one picture, {suffix: contents}: colour map, millimetres (for a model whose
+    depth can pass 65.5 m, as KITTI's, metres x 256 instead), metres, and on request side by side and
+    point cloud. image: (H, W, 3) uint8; depth_m: (H, W) float32."""
+    vmin, vmax = args.depth_range or (None, None)
+    colour = depth_picture(depth_m, vmin, vmax, args.cmap, with_colorbar=args.colorbar)
+    buffer = io.BytesIO()
+    np.save(buffer, depth_m.astype(np.float32))
+    files = {"_depth.png": png_bytes(colour)}
+    if max_depth_m * 1000 <= np.iinfo(np.uint16).max:
+        files["_depth_mm.png"] = encode_test_depth_png(depth_m)  # NYU's test-depth format: 10 m fits
+    else:  # millimetres overflow 16 bits past 65.5 m: KITTI's own convention
+        files["_depth_256.png"] = encode_picture(np.clip(np.rint(depth_m * 256), 0, 65535).astype(np.uint16), "PNG")
+    files["_depth_m.npy"] = buffer.getvalue()
+    if args.side_by_side:
+        files["_side_by_side.png"] = png_bytes(side_by_side(image, colour))
+    if args.ply:
+        intrinsics = args.intrinsics or scaled_intrinsics(*depth_m.shape)
+        files[".ply"] = ply_bytes(backproject(depth_m, intrinsics), image.reshape(-1, 3))
+    return files
+
+
+OUTPUT_KINDS = {
+    "_depth.png": "colour map, near = dark",
+    "_depth_mm.png": "16-bit PNG, millimetres",
+    "_depth_256.png": "16-bit PNG, metres x 256 as KITTI's",
+    "_depth_m.npy": "float32, metres",
+    "_side_by_side.png": "picture | depth",
+    ".ply": "point cloud, metres",
+}
