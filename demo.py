@@ -1,0 +1,222 @@
+"""A live demo in the browser: a picture or the webcam in, its depth and a 3-D point cloud out.
+
+    pip install -r requirements-demo.txt
+    python demo.py                                  # the quick start's model
+    python demo.py --model nyu.h5                   # the authors' NYU model (or any checkpoint, .onnx)
+
+It serves a local page (Gradio) and prints its address; nothing in it is fetched from the
+internet. Drop or pick a picture, or take one with the webcam: the page shows the picture and
+its depth side by side with a colour bar in metres, the scene as coloured 3-D points to turn
+with the mouse (the NYU camera's intrinsics scaled to the picture, editable), and the files
+evaluate.py --img writes for it: the 16-bit PNG in millimetres, the .npy in metres and the .ply.
+Prediction runs with evaluate.py's device and precision choice (bf16 on a CPU that has it).
+"""
+
+import argparse
+import os
+import struct
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from inference import depth_of_pictures, load_model, picture_outputs
+from utils import PRECISIONS, UserError, choose_device, choose_precision, run_main
+from visualize import NYU_INTRINSICS, backproject, scaled_intrinsics
+
+QUICKSTART_MODEL = Path(__file__).resolve().parent / "runs/quickstart/checkpoints/last.pth"
+MAX_PIXELS = 40_000_000  # a bigger picture is refused in the page, not fed to the network
+MAX_CLOUD_POINTS = 150_000  # the viewer's points; the .ply keeps every pixel
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Depth of pictures in the browser (a local Gradio page)")
+    parser.add_argument(
+        "--model",
+        help="a checkpoint, the authors' nyu.h5 / kitti.h5 or an exported .onnx (default: the quick start's "
+        "runs/quickstart/checkpoints/last.pth)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', ...")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as evaluate.py's --precision")
+    parser.add_argument("--no_flip", dest="flip", action="store_false", help="skip the mirror-image averaging")
+    return parser
+
+
+def model_path(args):
+    if args.model:
+        return args.model
+    if QUICKSTART_MODEL.is_file():
+        return str(QUICKSTART_MODEL)
+    raise UserError(
+        "no --model given, and the quick start's model (runs/quickstart/checkpoints/last.pth) is not there: run "
+        "bash scripts/quickstart.sh (about 6 minutes), or give --model nyu.h5 (the authors' model, see the "
+        "README's Pre-trained models)"
+    )
+
+
+class DepthDemo:
+    """The page's work: one picture in, the side-by-side picture, the 3-D points and the files out."""
+
+    def __init__(self, model, input_size, device, dtype, flip, out_dir):
+        self.model, self.input_size, self.device, self.dtype, self.flip = model, input_size, device, dtype, flip
+        self.out_dir = Path(out_dir)
+
+    def predict(self, picture, fx=None, fy=None, cx=None, cy=None):
+        """picture: (H, W, 3) uint8 RGB (Gradio's numpy image) -> (side by side, .glb, files, summary)."""
+        picture = check_picture(picture)
+        started = time.perf_counter()
+        image = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None]
+        depth_m = depth_of_pictures(self.model, image, self.input_size, self.device, self.dtype, self.flip)[0]
+        seconds = time.perf_counter() - started
+        intrinsics = camera(picture.shape[:2], fx, fy, cx, cy)
+        options = SimpleNamespace(
+            depth_range=None, cmap="plasma", colorbar=True, side_by_side=True, ply=True, intrinsics=intrinsics
+        )
+        files = picture_outputs(picture, depth_m, options, self.model.depth_range.max_m)
+        folder = Path(tempfile.mkdtemp(dir=self.out_dir))
+        written = []
+        for suffix in ("_depth_mm.png", "_depth_256.png", "_depth_m.npy", ".ply"):
+            if suffix in files:
+                (folder / f"picture{suffix}").write_bytes(files[suffix])
+                written.append(str(folder / f"picture{suffix}"))
+        cloud = folder / "points.glb"
+        cloud.write_bytes(point_cloud_glb(depth_m, picture, intrinsics))
+        side = np.asarray(decode_png(files["_side_by_side.png"]))
+        summary = (
+            f"{picture.shape[1]}x{picture.shape[0]} picture: depth {depth_m.min():.2f} to {depth_m.max():.2f} m, "
+            f"predicted in {seconds:.2f} s"
+        )
+        return side, str(cloud), written, summary
+
+
+def check_picture(picture):
+    """The picture as (H, W, 3) uint8, or a readable error for the page."""
+    import gradio as gr
+
+    if picture is None:
+        raise gr.Error("No picture: drop one here, pick a file, or take one with the webcam.")
+    picture = np.asarray(picture)
+    if picture.size == 0 or picture.ndim < 2:
+        raise gr.Error("The picture is empty (a webcam frame that did not arrive?): try again.")
+    if picture.shape[0] * picture.shape[1] > MAX_PIXELS:
+        raise gr.Error(
+            f"The picture is {picture.shape[1]}x{picture.shape[0]}, over {MAX_PIXELS // 1_000_000} megapixels: "
+            "scale it down first."
+        )
+    if picture.ndim == 2:
+        picture = np.repeat(picture[..., None], 3, axis=-1)
+    if picture.dtype != np.uint8:  # 16-bit or float pictures
+        full = 65535.0 if picture.dtype == np.uint16 else max(1.0, float(picture.max()))
+        picture = np.clip(np.rint(picture.astype(np.float32) / full * 255), 0, 255).astype(np.uint8)
+    return picture[..., :3]
+
+
+def camera(size, fx, fy, cx, cy):
+    """(fx, fy, cx, cy) from the page's fields; those left empty (or 0, what an empty field sends)
+    are the NYU camera's, scaled to the picture."""
+    default = scaled_intrinsics(*size)
+    given = [fx, fy, cx, cy]
+    intrinsics = tuple(float(value) if value else default[i] for i, value in enumerate(given))
+    if intrinsics[0] < 0 or intrinsics[1] < 0:
+        import gradio as gr
+
+        raise gr.Error("fx and fy must be positive (pixels).")
+    return intrinsics
+
+
+def decode_png(data):
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(data)) as picture:
+        return picture.convert("RGB").copy()
+
+
+def point_cloud_glb(depth_m, picture, intrinsics, max_points=MAX_CLOUD_POINTS):
+    """The back-projected pixels as a binary glTF of POINTS with vertex colours, every n-th pixel so
+    that at most max_points remain; y and z flipped from the camera's frame to glTF's (y up, -z ahead)."""
+    step = max(1, int(np.ceil(np.sqrt(depth_m.size / max_points))))
+    depth = depth_m[::step, ::step]
+    fx, fy, cx, cy = intrinsics
+    points = backproject(depth, (fx / step, fy / step, cx / step, cy / step)).astype(np.float32)
+    points *= np.array([1, -1, -1], dtype=np.float32)
+    colours = picture[::step, ::step].reshape(-1, 3).astype(np.uint8)
+    colours = np.concatenate([colours, np.full((len(colours), 1), 255, np.uint8)], axis=1)
+    positions, rgba = points.tobytes(), colours.tobytes()
+    gltf = {
+        "asset": {"version": "2.0", "generator": "DenseDepth demo.py"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "mode": 0}]}],
+        "buffers": [{"byteLength": len(positions) + len(rgba)}],
+        "bufferViews": [
+            {"buffer": 0, "byteOffset": 0, "byteLength": len(positions), "target": 34962},
+            {"buffer": 0, "byteOffset": len(positions), "byteLength": len(rgba), "target": 34962},
+        ],
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "count": len(points), "type": "VEC3",
+             "min": points.min(axis=0).tolist(), "max": points.max(axis=0).tolist()},
+            {"bufferView": 1, "componentType": 5121, "normalized": True, "count": len(points), "type": "VEC4"},
+        ],
+    }  # fmt: skip
+    import json
+
+    header = json.dumps(gltf, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 4)
+    body = positions + rgba
+    body += b"\0" * (-len(body) % 4)
+    chunks = struct.pack("<II", len(header), 0x4E4F534A) + header + struct.pack("<II", len(body), 0x004E4942) + body
+    return struct.pack("<III", 0x46546C67, 2, 12 + len(chunks)) + chunks
+
+
+def build_app(demo, title):
+    """The Gradio page around a DepthDemo."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    # System fonts: the default theme would fetch its fonts from the internet.
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    fx0, fy0, cx0, cy0 = NYU_INTRINSICS
+    with gr.Blocks(title="DenseDepth demo") as app:
+        gr.Markdown(f"## DenseDepth: depth from one picture\n{title}")
+        with gr.Row():
+            picture = gr.Image(sources=["upload", "webcam", "clipboard"], type="numpy", label="Picture")
+            with gr.Column():
+                summary = gr.Markdown("Drop a picture, pick one, or take one with the webcam.")
+                gr.Markdown(
+                    f"Camera for the 3-D points, in the picture's pixels (empty: NYU Depth v2's, fx {fx0:.1f} "
+                    f"fy {fy0:.1f} cx {cx0:.1f} cy {cy0:.1f} at 640x480, scaled to the picture)"
+                )
+                with gr.Row():
+                    fields = [gr.Number(label=name, value=None) for name in ("fx", "fy", "cx", "cy")]
+                files = gr.File(label="Downloads: 16-bit PNG (mm), .npy (m), .ply", file_count="multiple")
+        depth = gr.Image(label="Picture | depth (m)", type="numpy", format="png", elem_id="depth")
+        cloud = gr.Model3D(label="3-D points (drag to turn, scroll to zoom)", display_mode="point_cloud", height=480)
+        picture.change(demo.predict, [picture, *fields], [depth, cloud, files, summary], api_name="predict")
+    return app, theme
+
+
+def main(args):
+    path = model_path(args)
+    device = choose_device(args.device)
+    dtype = choose_precision(args.precision, device)
+    model, input_size = load_model(path, device)
+    out_dir = Path(tempfile.mkdtemp(prefix="densedepth-demo-"))
+    demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir)
+    title = f"Model `{path}`, on {device}, {str(dtype).removeprefix('torch.')}."
+    app, theme = build_app(demo, title)
+    print(f"serving the demo at http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True, theme=theme)
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser().parse_args())
