@@ -1,0 +1,147 @@
+"""The browser demo: its server on the loopback interface, driven through its API and in a real
+headless browser; bad input gives a message in the page and the server goes on."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_script
+from PIL import Image
+from test_bad_input import assert_one_clear_line
+
+import demo
+import evaluate
+
+gradio_client = pytest.importorskip("gradio_client", reason="the demo's extras: pip install -r requirements-demo.txt")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory, tiny_zips):
+    """The first test picture of the tiny zip, as a PNG file."""
+    from data import EigenTestZip
+
+    rgb = next(EigenTestZip(tiny_zips[1]).batches(1))[0][0]
+    path = tmp_path_factory.mktemp("picture") / "room.png"
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    """demo.py serving the tiny model on 127.0.0.1 (fp32, so its depth can be compared exactly)."""
+    port = free_port()
+    command = [sys.executable, str(ROOT / "demo.py"), "--model", str(tiny_checkpoint), "--port", str(port)]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    process = subprocess.Popen(command + ["--precision", "fp32"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the demo did not start: {process.stdout.read()}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def predict(url, picture_path):
+    client = gradio_client.Client(url, verbose=False)
+    return client.predict(gradio_client.handle_file(str(picture_path)), None, None, None, None, api_name="/predict")
+
+
+def test_the_api_gives_evaluates_depth_and_files(server, picture, tiny_checkpoint, tmp_path, capsys):
+    side, cloud, files, summary = predict(server, picture)
+    argv = ["--model", tiny_checkpoint, "--img", picture, "--output_dir", tmp_path, "--precision", "fp32", "--ply"]
+    status, _, err = run_script(evaluate, argv, capsys)
+    assert status == 0, err
+    by_suffix = {name.rsplit("picture", 1)[-1]: name for name in files}
+    assert set(by_suffix) == {"_depth_mm.png", "_depth_m.npy", ".ply"}
+    assert np.array_equal(np.load(by_suffix["_depth_m.npy"]), np.load(tmp_path / "room_depth_m.npy"))
+    for suffix in ("_depth_mm.png", ".ply"):  # byte for byte what evaluate.py --img writes
+        assert Path(by_suffix[suffix]).read_bytes() == (tmp_path / f"room{suffix}").read_bytes(), suffix
+    assert np.asarray(Image.open(side)).shape[1] > 2 * 64  # picture | depth with its colour bar
+    assert Path(cloud).read_bytes()[:4] == b"glTF"
+    assert "depth" in summary and "predicted in" in summary
+
+
+def test_bad_input_gives_a_message_and_the_server_goes_on(server, picture, tmp_path):
+    not_a_picture = tmp_path / "notes.png"
+    not_a_picture.write_text("not a picture")
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (8000, 5200), (90, 90, 90)).save(huge)
+    for bad, message in ((not_a_picture, ""), (huge, "over 40 megapixels")):
+        with pytest.raises(Exception) as error:  # gradio_client raises the page's error
+            predict(server, bad)
+        assert message in str(error.value)
+    client = gradio_client.Client(server, verbose=False)
+    with pytest.raises(Exception, match="No picture"):
+        client.predict(None, None, None, None, None, api_name="/predict")
+    assert predict(server, picture)[3].startswith("64x48 picture")  # still serving
+
+
+def test_without_a_model_it_says_how_to_get_one(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(demo, "QUICKSTART_MODEL", tmp_path / "last.pth")
+    assert_one_clear_line(run_script(demo, [], capsys), "bash scripts/quickstart.sh", "--model nyu.h5")
+
+
+def chromium():
+    for browser, driver in (("/usr/bin/chromium", "/usr/bin/chromedriver"),):
+        if os.path.exists(browser) and os.path.exists(driver):
+            return browser, driver
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.skipif(chromium() is None, reason="no system Chromium and chromedriver (apt-get install chromium "
+                    "chromium-driver; .ci/run installs them)")  # fmt: skip
+def test_the_page_in_a_real_browser(server, picture, tmp_path):
+    """Headless Chromium uploads a picture, waits for its depth, and saves a screenshot."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1280,1800"):  # fmt: skip
+        options.add_argument(flag)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        session.get(server)
+        WebDriverWait(session, 60).until(lambda page: page.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+        session.find_elements(By.CSS_SELECTOR, "input[type=file]")[0].send_keys(str(picture))
+        WebDriverWait(session, 120).until(
+            lambda page: "picture_depth_mm" in page.find_element(By.TAG_NAME, "body").text
+        )
+        time.sleep(3)  # the 3-D view draws its points
+        text = session.find_element(By.TAG_NAME, "body").text
+        screenshot = tmp_path / "demo.png"
+        session.save_screenshot(str(screenshot))
+    finally:
+        session.quit()
+    assert "64x48 picture: depth" in text and "predicted in" in text and "Error" not in text, text
+    assert Image.open(screenshot).size[0] >= 1000
