@@ -548,7 +548,7 @@ def open_training_sets(data_dir, val_data=None, depth_scale=None):
     HELD_OUT_EVERY-th of its pairs. The first pair of each is decoded here, so a setting that does
     not fit the files (no --depth_scale for PNGs, a picture and depth of two sizes) stops the run now."""
     if not is_rgbd_dataset(data_dir):
-        if depth_scale is not None:
+        if depth_scale is not None and val_data is None:
             raise UserError("--depth_scale is for datasets of one's own; NYU's zip has its own depth conventions")
         archive = open_training_data(data_dir)
         train_set = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)

@@ -13,6 +13,8 @@ Prediction runs with evaluate.py's device and precision choice (bf16 on a CPU th
 """
 
 import argparse
+import io
+import json
 import os
 import struct
 import tempfile
@@ -22,6 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from PIL import Image
 
 from inference import depth_of_pictures, load_model, picture_outputs
 from utils import PRECISIONS, UserError, choose_device, choose_precision, run_main
@@ -130,11 +133,7 @@ def camera(size, fx, fy, cx, cy):
 
 
 def decode_png(data):
-    from io import BytesIO
-
-    from PIL import Image
-
-    with Image.open(BytesIO(data)) as picture:
+    with Image.open(io.BytesIO(data)) as picture:
         return picture.convert("RGB").copy()
 
 
@@ -166,8 +165,6 @@ def point_cloud_glb(depth_m, picture, intrinsics, max_points=MAX_CLOUD_POINTS):
             {"bufferView": 1, "componentType": 5121, "normalized": True, "count": len(points), "type": "VEC4"},
         ],
     }  # fmt: skip
-    import json
-
     header = json.dumps(gltf, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 4)
     body = positions + rgba
@@ -179,7 +176,10 @@ def point_cloud_glb(depth_m, picture, intrinsics, max_points=MAX_CLOUD_POINTS):
 def build_app(demo, title):
     """The Gradio page around a DepthDemo."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
+    try:
+        import gradio as gr
+    except ImportError as err:
+        raise UserError("the demo needs gradio, which is not installed: pip install -r requirements-demo.txt") from err
 
     # System fonts: the default theme would fetch its fonts from the internet.
     theme = gr.themes.Default(
