@@ -104,19 +104,14 @@ def check_picture(picture):
     if picture is None:
         raise gr.Error("No picture: drop one here, pick a file, or take one with the webcam.")
     picture = np.asarray(picture)
-    if picture.size == 0 or picture.ndim < 2:
+    if picture.size == 0 or picture.ndim != 3:
         raise gr.Error("The picture is empty (a webcam frame that did not arrive?): try again.")
     if picture.shape[0] * picture.shape[1] > MAX_PIXELS:
         raise gr.Error(
             f"The picture is {picture.shape[1]}x{picture.shape[0]}, over {MAX_PIXELS // 1_000_000} megapixels: "
             "scale it down first."
         )
-    if picture.ndim == 2:
-        picture = np.repeat(picture[..., None], 3, axis=-1)
-    if picture.dtype != np.uint8:  # 16-bit or float pictures
-        full = 65535.0 if picture.dtype == np.uint16 else max(1.0, float(picture.max()))
-        picture = np.clip(np.rint(picture.astype(np.float32) / full * 255), 0, 255).astype(np.uint8)
-    return picture[..., :3]
+    return picture[..., :3]  # Gradio hands over RGB uint8 (image_mode "RGB"), whatever the file was
 
 
 def camera(size, fx, fy, cx, cy):
