@@ -18,6 +18,7 @@ The writers here produce exactly these formats; sample_data.py uses them.
 """
 
 import io
+import math
 import mmap
 import re
 import warnings
@@ -437,7 +438,18 @@ def collate_pairs(samples):
 
 def _resize_pair(image, depth_m, size):
     image = resize(image[None].float(), size).round().clamp(0, 255).to(torch.uint8)[0]
-    return image, downsample_depth_m(depth_m[None], size)[0]
+    return image, resize_measured_depth_m(depth_m[None], size).nan_to_num(0.0)[0]  # 0: not measured, as stored
+
+
+def resize_measured_depth_m(depth_m, size, max_m=math.inf):
+    """Resize (N, 1, H, W) depth with holes (0 or NaN: not measured; beyond max_m: left out) to
+    `size`, each output pixel averaging the measured depth under it in inverse depth (DenseDepth's
+    target space); NaN where nothing was measured. Sparse LiDAR-like depth keeps its points."""
+    measured = torch.isfinite(depth_m) & (depth_m > 0) & (depth_m <= max_m)
+    inverse = torch.where(measured, 1 / depth_m, 0.0)
+    weight = resize(measured.float(), size)
+    inverse = resize(inverse, size) / weight.clamp(min=1e-6)
+    return torch.where(weight > 1e-3, 1 / inverse, torch.nan)
 
 
 def augment(image, depth_m, generator=None):

@@ -71,6 +71,7 @@ from data import (
     collate_pairs,
     downsample_depth_m,
     open_training_sets,
+    resize_measured_depth_m,
 )
 from evaluate import evaluate_protocol
 from loss import DepthLoss
@@ -253,8 +254,6 @@ def check_args(args):
     for flag in ("lr", "decoder_width", "depth_scale", "min_depth", "max_depth"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if args.min_depth is not None and args.max_depth is not None and not args.min_depth < args.max_depth:
-        raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if not 0 <= args.max_bad_fraction < 1:
@@ -285,7 +284,7 @@ def resolve_settings(args, checkpoint, weights=None):
                     f"--{flag} {getattr(args, flag)} differs from the {value} of checkpoint {args.checkpoint}; "
                     "leave the flag out to resume with the checkpoint's"
                 )
-    if not args.min_depth < args.max_depth:
+    if not args.min_depth < args.max_depth:  # checked once both are known (a flag, the checkpoint's, the default)
         raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
     if weights is not None and args.decoder_width != weights["config"]["decoder_width"]:
         raise UserError(
@@ -447,14 +446,10 @@ def training_batch(images, depth_m, input_size, device, depth_range=NYU_DEPTH_RA
     """
     images = resize(to_unit_range(images.to(device, non_blocking=True)), input_size)
     depth_m, size = depth_m.to(device, non_blocking=True), output_size(input_size)
-    if not mark_invalid:
+    if mark_invalid:
+        depth_m = resize_measured_depth_m(depth_m, size, depth_range.max_m)
+    else:
         depth_m = downsample_depth_m(depth_m, size, depth_range)
-        return images.contiguous(memory_format=torch.channels_last), depth_m
-    valid = torch.isfinite(depth_m) & (depth_m > 0) & (depth_m <= depth_range.max_m)
-    target = torch.where(valid, depth_m_to_target(depth_m, depth_range), 0.0)
-    weight = resize(valid.float(), size)
-    target = resize(target, size) / weight.clamp(min=1e-6)
-    depth_m = torch.where(weight > 1e-3, target_to_depth_m(target, depth_range), torch.nan)
     return images.contiguous(memory_format=torch.channels_last), depth_m
 
 

@@ -12,7 +12,7 @@ from test_bad_input import assert_one_clear_line
 
 import evaluate
 import train
-from data import CROPS, DecodeError, crop_box, decode_depth, encode_depth_file
+from data import CROPS, DecodeError, collate_pairs, crop_box, decode_depth, encode_depth_file
 from loss import DepthLoss
 from metrics import DepthMetrics
 from model import DenseDepth, DepthRange, settings_config
@@ -275,3 +275,18 @@ def test_the_loss_leaves_out_pixels_without_depth():
     loss = DepthLoss(mask_invalid=True)(pred.requires_grad_(), target)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
+
+
+def test_pairs_of_another_size_keep_their_holes_when_batched():
+    """KITTI's frames differ by a few pixels: the batch resizes them, which must not turn holes into
+    depth nor clip far depth to NYU's 10 m."""
+    depth = torch.zeros(1, 48, 64)
+    depth[..., ::4, ::4] = 30.0
+    other = torch.zeros(1, 50, 66)
+    other[..., ::4, ::4] = 30.0
+    blank = torch.zeros(3, 48, 64, dtype=torch.uint8), torch.zeros(3, 50, 66, dtype=torch.uint8)
+    _, depths, _ = collate_pairs([(blank[0], depth), (blank[1], other)])
+    resized = depths[1]
+    assert resized.shape == (1, 48, 64)
+    assert torch.allclose(resized[resized > 0], torch.tensor(30.0), rtol=1e-4)
+    assert (resized == 0).float().mean() > 0.5  # still mostly holes
