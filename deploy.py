@@ -156,10 +156,16 @@ class OnnxDepthModel:
         return self
 
 
-def run_onnx(path, pictures):
-    """depth_m of (N, 3, H, W) pictures (numpy, the file's input type) through onnxruntime."""
+def load_exported(path, file_format):
+    """An exported file, loaded once, as a function from (N, 3, H, W) pictures of its input type (a
+    torch tensor or numpy array) to depth_m (numpy): torch.jit for 'torchscript', onnxruntime for 'onnx'."""
+    if file_format == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+            model = torch.jit.load(str(path), map_location="cpu")
+        return lambda pictures: model(torch.as_tensor(pictures)).detach().numpy()
     session = _import("onnxruntime").InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: pictures})[0]
+    return lambda pictures: session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(np.asarray(pictures))})[0]
 
 
 def quantize_int8(onnx_path, int8_path, calibration, per_channel=True):

@@ -16,7 +16,6 @@ calibrated on --calibration's pictures.
 
 import argparse
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,9 @@ from deploy import (
     example_input,
     export_onnx,
     export_torchscript,
+    load_exported,
     metadata,
     quantize_int8,
-    run_onnx,
 )
 from model import model_from_checkpoint, resize
 from utils import UserError, run_main, writable_dir
@@ -71,15 +70,11 @@ def check_export(module, path, file_format, input_size, uint8_input):
     relative difference seen."""
     height, width = input_size
     worst = 0.0
-    if file_format == "torchscript":
-        with warnings.catch_warnings():  # torch.jit's deprecation notice: the file is for those who want it
-            warnings.simplefilter("ignore", FutureWarning)
-            loaded = torch.jit.load(str(path), map_location="cpu")
+    run = load_exported(path, file_format)
     for size in ((height, width), (max(33, height - 13), width + 19)):
         pictures = example_input(size, uint8_input, batch=2, seed=1)
         with torch.no_grad():
-            expected = module(pictures).numpy()
-            got = loaded(pictures).numpy() if file_format == "torchscript" else run_onnx(path, pictures.numpy())
+            expected, got = module(pictures).numpy(), run(pictures)
         if got.shape != expected.shape:
             raise UserError(f"{path} gives depth of shape {got.shape} at {size}, PyTorch {expected.shape}")
         difference = float(np.abs(got - expected).max() / np.abs(expected).max())
@@ -116,8 +111,9 @@ def write_int8(args, module, input_size, uint8_input):
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as scratch:
         partial = Path(scratch) / int8_path.name
         quantize_int8(Path(args.output), partial, calibration)
-        fp32 = np.concatenate([run_onnx(args.output, picture) for picture in calibration[:4]])
-        int8 = np.concatenate([run_onnx(partial, picture) for picture in calibration[:4]])
+        run_fp32, run_int8 = load_exported(args.output, "onnx"), load_exported(partial, "onnx")
+        fp32 = np.concatenate([run_fp32(picture) for picture in calibration[:4]])
+        int8 = np.concatenate([run_int8(picture) for picture in calibration[:4]])
         partial.replace(int8_path)
     difference = float(np.median(np.abs(int8 - fp32) / fp32))
     print(f"wrote {int8_path}: median |INT8 - fp32| / fp32 on 4 calibration pictures = {difference:.3f}")
