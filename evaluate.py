@@ -266,18 +266,28 @@ def evaluate_pairs(model, input_size, args, device, dtype):
 def pair_batches(loaded, batch_size):
     """(images (B, 3, H, W) uint8, depth_m (B, 1, H, W)) batches of consecutive pairs of one size;
     a pair that does not load stops the evaluation with its reason."""
-    images, depths = [], []
-    for sample in loaded:
-        if isinstance(sample, FailedSample):
-            raise UserError(f"--data: {sample.reason}")
-        image, depth_m = sample
-        if images and (image.shape != images[0].shape or len(images) == batch_size):
-            yield torch.stack(images), torch.stack(depths)
-            images, depths = [], []
-        images.append(image)
-        depths.append(depth_m)
-    if images:
+
+    def pairs():
+        for sample in loaded:
+            if isinstance(sample, FailedSample):
+                raise UserError(f"--data: {sample.reason}")
+            yield sample
+
+    for run in runs_of_one_size(pairs(), batch_size, lambda pair: pair[0]):
+        images, depths = zip(*run)
         yield torch.stack(images), torch.stack(depths)
+
+
+def runs_of_one_size(items, batch_size, picture_of):
+    """Consecutive items whose pictures (picture_of(item)) have one shape, in lists of up to batch_size."""
+    run = []
+    for item in items:
+        if run and (picture_of(item).shape != picture_of(run[0]).shape or len(run) == batch_size):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
 
 
 def report_metrics(metrics, crop_label, args, input_size, device, dtype, **settings):
@@ -450,18 +460,16 @@ class PictureFiles(Dataset):
 def same_size_batches(loaded, batch_size, on_failure):
     """Group consecutive pictures of one size into batches of up to batch_size: (indices, (B, 3, H, W)).
     Pictures that failed to load go to on_failure(why)."""
-    indices, images = [], []
-    for index, image in loaded:
-        if isinstance(image, str):
-            on_failure(image)
-            continue
-        if images and (image.shape != images[0].shape or len(images) == batch_size):
-            yield indices, torch.cat(images)
-            indices, images = [], []
-        indices.append(index)
-        images.append(image)
-    if images:
-        yield indices, torch.cat(images)
+
+    def pictures():
+        for index, image in loaded:
+            if isinstance(image, str):
+                on_failure(image)
+            else:
+                yield index, image
+
+    for run in runs_of_one_size(pictures(), batch_size, lambda item: item[1]):
+        yield [index for index, _ in run], torch.cat([image for _, image in run])
 
 
 def predict_pictures(model, pictures, input_size, args, device, dtype):
