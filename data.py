@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
 
@@ -41,7 +42,7 @@ try:  # several times faster than PIL; deprecated in torchvision 0.29 in favour 
 except ImportError:  # a torchvision without it: decode with PIL
     decode_image = None
 
-from model import NYU_DEPTH_RANGE, depth_m_to_target, resize, target_to_depth_m
+from depth import NYU_DEPTH_RANGE, depth_m_to_target, target_to_depth_m
 from utils import UserError
 
 TRAIN_CSV = "data/nyu2_train.csv"
@@ -50,6 +51,8 @@ EIGEN_RGB = "eigen_test_rgb.npy"
 EIGEN_DEPTH = "eigen_test_depth.npy"
 EIGEN_CROP = "eigen_test_crop.npy"
 NYU_SIZE = (480, 640)  # height, width
+# NYU Depth v2's RGB camera at 640x480, in pixels: fx, fy, cx, cy.
+NYU_INTRINSICS = (518.8579, 519.4696, 325.5824, 253.7362)
 EIGEN_CROP_NYU = (20, 459, 24, 615)  # rows 20..459, columns 24..615 of a 480x640 image
 TRAIN_DEPTH_MAX_M = 10.0  # 8-bit training depth: 255 means 10 m
 
@@ -307,36 +310,24 @@ def encode_depth_file(depth_m, kind, png_scale=1000):
     return buffer.getvalue()
 
 
-# Crops of the evaluation protocols, as [top, bottom, left, right] rows and columns, both ends inclusive.
-CROPS = ("eigen", "garg", "eigen_kitti", "none")
-# KITTI's, as fractions of the picture's height and width (Garg et al. 2016; Eigen et al. 2014).
-_KITTI_CROP_FRACTIONS = {
-    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
-    "eigen_kitti": (0.3324324, 0.91351351, 0.03594771, 0.96405229),
-}
+def scaled_intrinsics(height, width, intrinsics=NYU_INTRINSICS, size=NYU_SIZE):
+    """Pinhole intrinsics (fx, fy, cx, cy) given at `size` (H, W), scaled to a height x width picture
+    (the same field of view)."""
+    scale_y, scale_x = height / size[0], width / size[1]
+    fx, fy, cx, cy = intrinsics
+    return fx * scale_x, fy * scale_y, cx * scale_x, cy * scale_y
 
 
-def crop_box(name, height, width):
-    """The named crop for a height x width picture: 'eigen' (NYU's, scaled from 480x640), 'garg' or
-    'eigen_kitti' (KITTI's, fractions of the size, end-exclusive as published), 'none' (all)."""
-    if name == "eigen":
-        return scaled_eigen_crop(height, width)
-    if name == "none":
-        return (0, height - 1, 0, width - 1)
-    top, bottom, left, right = _KITTI_CROP_FRACTIONS[name]
-    return (int(top * height), int(bottom * height) - 1, int(left * width), int(right * width) - 1)
+def resize(images, size):
+    """Bilinear resize of (N, C, H, W) images to size (h, w); antialiased when shrinking."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def scaled_eigen_crop(height, width):
-    """The Eigen crop for a height x width image, scaled from its 480x640 definition."""
-    top, bottom, left, right = EIGEN_CROP_NYU
-    scale_y, scale_x = height / NYU_SIZE[0], width / NYU_SIZE[1]
-    return (
-        round(top * scale_y),
-        round((bottom + 1) * scale_y) - 1,
-        round(left * scale_x),
-        round((right + 1) * scale_x) - 1,
-    )
+def to_unit_range(images):
+    """uint8 pictures -> float in [0, 1]; float ones are taken to be in [0, 1] already."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
 
 
 # ----------------------------------------------------------------------------- datasets

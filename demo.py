@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data import NYU_INTRINSICS, scaled_intrinsics
 from inference import depth_of_pictures, load_model, picture_outputs
 from utils import PRECISIONS, UserError, choose_device, choose_precision, run_main
-from visualize import NYU_INTRINSICS, backproject, scaled_intrinsics
+from visualize import backproject
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent / "runs/quickstart/checkpoints/last.pth"
 MAX_PIXELS = 40_000_000  # a bigger picture is refused in the page, not fed to the network

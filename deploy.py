@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import DepthRange, target_to_depth_m
+from depth import DepthRange, target_to_depth_m
 from utils import UserError
 
 INPUT_NAME, OUTPUT_NAME = "image", "depth_m"

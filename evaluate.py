@@ -32,20 +32,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data import (
-    CROPS,
-    DEPTH_SCALE_HELP,
-    EigenTestZip,
-    FailedSample,
-    NYUDepthDataset,
-    crop_box,
-    is_rgbd_dataset,
-    open_rgbd_pairs,
-    scaled_eigen_crop,
-)
+from data import DEPTH_SCALE_HELP, EigenTestZip, FailedSample, NYUDepthDataset, is_rgbd_dataset, open_rgbd_pairs
 from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs  # noqa: F401
-from metrics import AGGREGATIONS, DepthMetrics, crop, format_table
-from model import predict_depth_m
+from metrics import AGGREGATIONS, DepthMetrics, format_table
+from protocol import CROPS, crop, eigen_batches, evaluate_protocol, predict_depth_m, resolve_crop
 from utils import (
     PRECISIONS,
     UserError,
@@ -175,56 +165,6 @@ def check_args(args):
         raise UserError("--depth_scale is for --data of one's own (a CSV or rgb/ + depth/ folders)")
     if args.intrinsics is not None and not (args.intrinsics[0] > 0 and args.intrinsics[1] > 0):
         raise UserError(f"--intrinsics FX and FY must be positive, got {args.intrinsics[:2]}")
-
-
-def evaluate_protocol(
-    model,
-    batches,
-    input_size,
-    crop_box,
-    device,
-    dtype=torch.float32,
-    flip=True,
-    total=None,
-    desc="evaluating",
-    progress_bar=True,
-    depth_range=None,
-    max_depth_m=None,
-):
-    """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W)) batches.
-
-    The network runs under autocast to `dtype`; the metrics are computed in fp32 and
-    streamed, so memory does not grow with the number of images. crop_box: a box, a crop's
-    name (data.CROPS) or None for the Eigen crop, each for the ground truth's size (resolve_crop);
-    depth_range None: the model's own; max_depth_m: the metrics' cap on the ground truth, if any.
-    """
-    metrics = DepthMetrics(max_depth_m)
-    model.eval()
-    with torch.inference_mode():
-        bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress_bar)
-        for images, depth_m in bar:
-            images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
-            with autocast(device, dtype):
-                pred_m = predict_depth_m(model, images, input_size, depth_m.shape[-2:], flip, depth_range=depth_range)
-            box = resolve_crop(crop_box, *depth_m.shape[-2:])
-            metrics.update(crop(pred_m, box), crop(depth_m, box))
-    return metrics
-
-
-def resolve_crop(spec, height, width):
-    """The crop box for a height x width ground truth: `spec` itself if a box, the named crop
-    (data.crop_box) if a name, the Eigen crop scaled to the size if None."""
-    if spec is None:
-        return scaled_eigen_crop(height, width)
-    if isinstance(spec, str):
-        return crop_box(spec, height, width)
-    return tuple(spec)
-
-
-def eigen_batches(test_set, batch_size):
-    """Batches of the Eigen test zip as tensors: images (B, 3, H, W) uint8, depth (B, 1, H, W) in metres."""
-    for rgb, depth_m in test_set.batches(batch_size):
-        yield torch.from_numpy(rgb).permute(0, 3, 1, 2), torch.from_numpy(depth_m)[:, None]
 
 
 def evaluate_zip(model, input_size, args, device, dtype):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data import RGB_SUFFIXES, EigenTestZip
+from data import RGB_SUFFIXES, EigenTestZip, resize
 from deploy import (
     DepthInMetres,
     example_input,
@@ -32,7 +32,7 @@ from deploy import (
     metadata,
     quantize_int8,
 )
-from model import model_from_checkpoint, resize
+from model import model_from_checkpoint
 from utils import UserError, run_main, writable_dir
 from weights import load_weights
 

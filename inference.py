@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import encode_picture, encode_test_depth_png
+from data import encode_picture, encode_test_depth_png, scaled_intrinsics
 from deploy import OnnxDepthModel
-from model import SIZE_MULTIPLE, model_from_checkpoint, predict_depth_m
+from depth import NYU_DEPTH_RANGE
+from model import SIZE_MULTIPLE, model_from_checkpoint
+from protocol import predict_depth_m
 from utils import autocast
-from visualize import backproject, depth_picture, ply_bytes, png_bytes, scaled_intrinsics, side_by_side
+from visualize import backproject, depth_picture, ply_bytes, png_bytes, side_by_side
 from weights import describe, is_keras_file, load_weights
 
 
@@ -52,7 +54,7 @@ def depth_of_pictures(model, images, input_size, device, dtype, flip=True):
     return depth_m[:, 0].float().cpu().numpy()
 
 
-def picture_outputs(image, depth_m, args, max_depth_m=10.0):
+def picture_outputs(image, depth_m, args, max_depth_m=NYU_DEPTH_RANGE.max_m):
     """The files written for one picture, {suffix: contents}: colour map, millimetres (for a model whose
     depth can pass 65.5 m, as KITTI's, metres x 256 instead), metres, and on request side by side and
     point cloud. image: (H, W, 3) uint8; depth_m: (H, W) float32."""

@@ -17,7 +17,6 @@ They differ only for rms and rms_log.
 import math
 
 import torch
-import torch.distributed as dist
 
 METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rms", "log10", "sq_rel", "rms_log")
 AGGREGATIONS = ("per_image", "pooled")
@@ -96,16 +95,13 @@ class DepthMetrics:
         self.image_metric_sums += (per_image * has_pixels.unsqueeze(-1)).sum(dim=0)
         self.counts += torch.stack([pixels_per_image.sum(), (~valid).sum(), has_pixels.sum()])
 
-    def sum_across_processes(self, device):
-        """Add up the sums and counts of all processes of a torch.distributed job, each over its own
-        images, so compute() gives the metrics of all of them as one process would (not an average
-        of averages). Nothing to do without a process group; `device` is the one its backend uses."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
+    def sums(self, device):
+        """The tensors of sums and counts, on `device` if none was added yet, for processes that each
+        took their own images to add up in place (World.sum_in_place): compute() then gives the
+        metrics of all the images as one process would, not an average of averages."""
         if self.term_sums is None:  # no image here, but the others' sums still come
             self._start(device)
-        for tensor in (self.term_sums, self.image_metric_sums, self.counts):
-            dist.all_reduce(tensor)
+        return self.term_sums, self.image_metric_sums, self.counts
 
     def _start(self, device):
         self.term_sums = torch.zeros(len(_TERMS), dtype=torch.float64, device=device)
@@ -138,12 +134,6 @@ class DepthMetrics:
             "num_valid_pixels": num_pixels,
             "num_invalid_pixels": num_invalid,
         }
-
-
-def crop(tensor, crop_box):
-    """Keep rows top..bottom and columns left..right (both ends inclusive) of (..., H, W)."""
-    top, bottom, left, right = crop_box
-    return tensor[..., top : bottom + 1, left : right + 1]
 
 
 def format_table(values, markdown=False):

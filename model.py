@@ -2,7 +2,7 @@
 
 The network takes RGB images in [0, 1] (N, 3, H, W) and returns the depth target
 y = max_depth / depth at half the input resolution (N, 1, H/2, W/2): for NYU Depth
-v2, y = 1000 / depth_cm with depth in [10, 1000] cm. A model's `depth_range` holds
+v2, y = 1000 / depth_cm with depth in [10, 1000] cm. A model's `depth_range` (depth.py) holds
 that parametrisation and its inverse (`depth_m_to_target`, `target_to_depth_m`);
 training, evaluation and prediction all go through them. A model's `variant` holds
 the details in which the authors' released Keras models differ from this project's
@@ -16,32 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import DenseNet169_Weights, densenet169
 
+from depth import NYU_DEPTH_RANGE, DepthRange
 from utils import UserError
-
-
-@dataclass(frozen=True)
-class DepthRange:
-    """The depths a model predicts, in metres: its target is y = max_m / depth with depth
-    clipped to [min_m, max_m], so y runs from 1 to max_m / min_m."""
-
-    min_m: float
-    max_m: float
-
-    def __post_init__(self):
-        if not 0 < self.min_m < self.max_m:
-            raise ValueError(f"a depth range needs 0 < min < max, got {self.min_m} .. {self.max_m} m")
-
-    @property
-    def target_range(self):
-        """Value range of the target y (100 for NYU); the SSIM constants of the loss are built from it."""
-        return self.max_m / self.min_m
-
-
-# NYU Depth v2, as DenseDepth: 10 cm to 10 m. KITTI, as the authors trained kitti.h5: 1 m to 80 m.
-NYU_DEPTH_RANGE = DepthRange(0.1, 10.0)
-KITTI_DEPTH_RANGE = DepthRange(1.0, 80.0)
-# Value range of NYU's target y (1 .. 100), the loss's default.
-TARGET_RANGE = NYU_DEPTH_RANGE.target_range
 
 
 @dataclass(frozen=True)
@@ -72,19 +48,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class WeightsUnavailableError(UserError):
     """The ImageNet encoder weights could not be downloaded."""
-
-
-def depth_m_to_target(depth_m, depth_range=NYU_DEPTH_RANGE):
-    """Metric depth -> network target y = max / depth, depth clipped to the range (1000 / depth_cm for NYU)."""
-    # In centimetres, as DenseDepth computes it.
-    min_cm, max_cm = depth_range.min_m * 100, depth_range.max_m * 100
-    return max_cm / (depth_m * 100).clamp(min_cm, max_cm)
-
-
-def target_to_depth_m(target, depth_range=NYU_DEPTH_RANGE):
-    """Network output y -> metric depth, clipped to the range as in DenseDepth ([0.1, 10] m for NYU)."""
-    min_cm, max_cm = depth_range.min_m * 100, depth_range.max_m * 100
-    return (max_cm / target).clamp(min_cm, max_cm) / 100
 
 
 class UpBlock(nn.Module):
@@ -216,7 +179,7 @@ def model_from_checkpoint(checkpoint, source):
             raise UserError(f"checkpoint {source} has {key} {config[key]!r}; this code's model has {value!r}")
     width = config["decoder_width"]
     try:
-        depth_range = DepthRange(config.get("min_depth_m", 0.1), config.get("max_depth_m", 10.0))
+        depth_range = DepthRange(config["min_depth_m"], config["max_depth_m"])
     except ValueError as err:
         raise UserError(f"checkpoint {source}: {err}") from err
     model = DenseDepth(width, depth_range=depth_range, variant=variant_from_config(config))
@@ -257,43 +220,3 @@ def count_parameters(module):
 def output_size(input_size):
     """The network's output size (half, rounded up) for an input of size (height, width)."""
     return ((input_size[0] + 1) // 2, (input_size[1] + 1) // 2)
-
-
-def resize(images, size):
-    """Bilinear resize of (N, C, H, W) images to size (h, w); antialiased when shrinking."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def to_unit_range(images):
-    """uint8 pictures -> float in [0, 1]; float ones are taken to be in [0, 1] already."""
-    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
-
-
-def predict_depth_m(model, images, input_size, out_size, flip=True, channels_last=True, depth_range=None):
-    """Metric depth (N, 1, *out_size) for images (N, 3, H, W), uint8 or in [0, 1]: the DenseDepth protocol.
-
-    The images are resized to the network's input size; with flip=True the
-    mirrored copies go through the network in the same batch and their
-    predictions, mirrored back, are averaged with the originals. Each
-    prediction is converted to metres (clipped to the model's depth range,
-    [0.1, 10] m for NYU) and upsampled bilinearly to out_size before
-    averaging, as in DenseDepth's evaluation. depth_range: the model's own
-    (model.depth_range) unless given, as it must be for a wrapper that hides it.
-    A model with returns_depth_m (an exported one) gives metres at its input's
-    size itself; they are resized to out_size.
-    Run it inside the caller's autocast context; the depth comes out in float32.
-    """
-    images = resize(to_unit_range(images), input_size)
-    batch = torch.cat([images, images.flip(-1)]) if flip else images
-    if channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    if getattr(model, "returns_depth_m", False):  # an exported model (deploy.py): metres at the input's size
-        depth_m = resize(model(batch).float(), out_size)
-    else:
-        depth_m = resize(target_to_depth_m(model(batch).float(), depth_range or model.depth_range), out_size)
-    if flip:
-        depth_m, mirrored = depth_m.chunk(2)
-        depth_m = (depth_m + mirrored.flip(-1)) / 2
-    return depth_m

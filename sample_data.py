@@ -34,10 +34,10 @@ from data import (
     encode_picture,
     encode_test_depth_png,
     encode_train_depth_png,
-    scaled_eigen_crop,
     write_member,
     write_npy_member,
 )
+from protocol import scaled_eigen_crop
 from scenes import render_scene
 from utils import UserError, atomic_write, run_main, write_bytes
 

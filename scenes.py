@@ -16,11 +16,9 @@ import math
 
 import numpy as np
 
-from visualize import NYU_INTRINSICS
+from data import scaled_intrinsics
+from depth import NYU_DEPTH_RANGE
 
-# NYU Depth v2 RGB camera at 640x480, in pixels.
-NYU_FX, NYU_FY, NYU_CX, NYU_CY = NYU_INTRINSICS
-MAX_DEPTH_M = 10.0
 EPS = 1e-4
 
 # ----------------------------------------------------------------------------- procedural textures
@@ -737,8 +735,7 @@ class Camera:
         self.position = np.asarray(position, dtype=np.float32)
         self.rotation = rotation
         self.width, self.height = width, height
-        self.fx, self.fy = NYU_FX * width / 640, NYU_FY * height / 480
-        self.cx, self.cy = NYU_CX * width / 640, NYU_CY * height / 480
+        self.fx, self.fy, self.cx, self.cy = scaled_intrinsics(height, width)
 
     def rays(self):
         """(3, H*W) world directions with unit z in camera space, so a hit distance is the z-depth."""
@@ -855,7 +852,7 @@ def render(scene, camera, rng):
     color = albedo * irradiance(scene, points, normals)[:, None]
     exposure = rng.uniform(0.32, 0.5) / max(float(np.median(color.mean(axis=1))), 1e-3)
     rgb = to_display((color * exposure + emission).reshape(camera.height, camera.width, 3), rng)
-    depth_m = np.minimum(t.reshape(camera.height, camera.width), MAX_DEPTH_M).astype(np.float32)
+    depth_m = np.minimum(t.reshape(camera.height, camera.width), NYU_DEPTH_RANGE.max_m).astype(np.float32)
     return rgb, depth_m
 
 

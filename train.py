@@ -49,46 +49,37 @@ without saving, keeping the last good checkpoint.
 
 import argparse
 import contextlib
-import math
-import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data import (
-    DEPTH_SCALE_HELP,
-    HELD_OUT_EVERY,
-    FailedSample,
-    TrainingOrder,
-    collate_pairs,
-    downsample_depth_m,
-    open_training_sets,
-    resize_measured_depth_m,
-)
-from evaluate import evaluate_protocol
+from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs, open_training_sets
+from depth import NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
 from loss import DepthLoss
 from metrics import DepthMetrics, format_table
-from model import (
-    NYU_DEPTH_RANGE,
-    DenseDepth,
-    DepthRange,
-    count_parameters,
-    depth_m_to_target,
-    model_config,
-    model_from_checkpoint,
-    output_size,
-    predict_depth_m,
-    resize,
-    target_to_depth_m,
-    to_unit_range,
+from model import DenseDepth, count_parameters, model_from_checkpoint
+from protocol import evaluate_protocol
+from training import (
+    LR_SCHEDULES,
+    Guards,
+    Learner,
+    Progress,
+    SkippedSamples,
+    agreed_batches,
+    build_optimizer,
+    last_good_checkpoint,
+    learning_rate,
+    make_checkpoint,
+    restore,
+    train_step,
+    training_batch,
 )
 from utils import (
     PRECISIONS,
@@ -96,50 +87,35 @@ from utils import (
     SharedError,
     Stopped,
     UserError,
-    autocast,
     choose_precision,
     default_workers,
     ignore_stop_signals,
     load_checkpoint,
     precision_name,
     remove_partial_writes,
-    rng_states,
     run_main,
     save_checkpoint,
     seed_everything,
-    set_rng_states,
     start_world,
     writable_dir,
 )
-from visualize import TrainingLog, example_indices, prediction_grid
+from visualize import TrainingLog, preview_grid, preview_samples
 from weights import describe, is_keras_file, load_weights
 
-# Settings that define a run. Left out on the command line, they are the checkpoint's when
-# resuming and these otherwise, so a resumed run goes on as the run it continues.
-SETTING_DEFAULTS = {
-    "lr": 1e-4,
-    "decoder_width": 1.0,
-    "input_size": (480, 640),
-    "seed": 0,
-    "min_depth": NYU_DEPTH_RANGE.min_m,
-    "max_depth": NYU_DEPTH_RANGE.max_m,
-}
+# Flags whose value the checkpoint replaces when resuming: they are not repeated in the command that resumes a run.
+REPLACED_ON_RESUME = ("checkpoint", "weights", "pretrained")
 
 
-# Flags for how a run goes rather than what it trains (that, the checkpoint holds): given, they are
-# repeated in the command that resumes it.
-RUN_FLAGS = (
-    "log_interval",
-    "workers",
-    "device",
-    "precision",
-    "max_bad_fraction",
-    "compile",
-    "sync_bn",
-    "dist_url",
-    "val_data",
-    "depth_scale",
-)
+def add_setting(group, flag, default, **kwargs):
+    """Add a flag that defines what a run trains: left out, it is the checkpoint's when resuming
+    (the model's with --weights), else `default` (which its help states)."""
+    action = group.add_argument(flag, **kwargs)
+    action.setting_default = default
+
+
+def setting_defaults(parser):
+    """{dest: default} of the flags added with add_setting."""
+    return {action.dest: action.setting_default for action in parser._actions if hasattr(action, "setting_default")}
 
 
 def get_args_parser():
@@ -166,18 +142,33 @@ def get_args_parser():
         help="start a new run from these model weights, with a new optimizer (fine-tuning): a checkpoint of this "
         "project, or the DenseDepth authors' nyu.h5 / kitti.h5; their architecture and depth range come with them",
     )
-    optional.add_argument("--lr", type=float, help="Learning rate (Adam; default 1e-4, or the checkpoint's)")
+    add_setting(optional, "--lr", 1e-4, type=float, help="Learning rate (Adam; default 1e-4, or the checkpoint's)")
+    add_setting(
+        optional,
+        "--lr_schedule",
+        "constant",
+        choices=LR_SCHEDULES,
+        help="constant (the default, the paper's) or cosine: a linear warmup over --warmup_steps, then a cosine "
+        "decay to 0 at the run's last step (for short runs from scratch, as the quick start's)",
+    )
+    add_setting(
+        optional, "--warmup_steps", 0, type=int, help="steps of linear warmup for --lr_schedule cosine (default 0)"
+    )
     optional.add_argument("--log_interval", type=int, default=100, help="Interval to print the avg. loss and metrics")
-    optional.add_argument(
+    add_setting(
+        optional,
         "--input_size",
+        (480, 640),
         type=int,
         nargs=2,
         metavar=("HEIGHT", "WIDTH"),
         help="network input size (default 480 640 as NYU's pictures, or the checkpoint's); smaller trains "
         "faster on a CPU",
     )
-    optional.add_argument(
+    add_setting(
+        optional,
         "--decoder_width",
+        1.0,
         type=float,
         help="decoder width factor: 1.0 (the default) is the paper's model, 0.5 the original code's default",
     )
@@ -193,8 +184,8 @@ def get_args_parser():
     optional.add_argument(
         "--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
     )
-    optional.add_argument(
-        "--seed", type=int, help="random seed for initialisation, shuffling and augmentation (default 0)"
+    add_setting(
+        optional, "--seed", 0, type=int, help="random seed for initialisation, shuffling and augmentation (default 0)"
     )
     optional.add_argument(
         "--precision",
@@ -211,11 +202,17 @@ def get_args_parser():
         "one's own every 20th of its pairs, held out",
     )
     own.add_argument("--depth_scale", type=float, help=DEPTH_SCALE_HELP)
-    own.add_argument(
-        "--min_depth", type=float, help="nearest depth in metres (default 0.1, or the checkpoint's / weights')"
+    add_setting(
+        own,
+        "--min_depth",
+        NYU_DEPTH_RANGE.min_m,
+        type=float,
+        help="nearest depth in metres (default 0.1, or the checkpoint's / weights')",
     )
-    own.add_argument(
+    add_setting(
+        own,
         "--max_depth",
+        NYU_DEPTH_RANGE.max_m,
         type=float,
         help="farthest depth in metres (default 10, NYU's; 80 for KITTI-like data), or the checkpoint's / weights'",
     )
@@ -254,6 +251,8 @@ def check_args(args):
     for flag in ("lr", "decoder_width", "depth_scale", "min_depth", "max_depth"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        raise UserError(f"--warmup_steps must be 0 or more, got {args.warmup_steps}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if not 0 <= args.max_bad_fraction < 1:
@@ -273,7 +272,7 @@ def resolve_settings(args, checkpoint, weights=None):
         saved = {**checkpoint["args"], **model_settings(checkpoint)}
     elif weights is not None:  # a new run from a model: the model's settings only
         saved = model_settings(weights)
-    for name, default in SETTING_DEFAULTS.items():
+    for name, default in setting_defaults(get_args_parser()).items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
     args.input_size = tuple(args.input_size)
@@ -383,119 +382,44 @@ def parallelize(model, args, world):
     return train_model, model
 
 
-def build_optimizer(model, args, device):
-    # The fused kernel updates all parameters in one pass: a few percent of a CPU step.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), fused=fused)
+def build_learner(model, train_loader, args, world, dtype):
+    """The model with what trains it: its wrappers (parallelize), the loss for its depth range (masking
+    invalid depth for a dataset of one's own), Adam, and the gradient scaler (on for fp16 only)."""
+    train_model, eval_model = parallelize(model, args, world)
+    criterion = DepthLoss(model.depth_range, mask_invalid=train_loader.dataset.own_data)
+    optimizer = build_optimizer(model, args, world.device)
+    # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
+    scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
+    return Learner(model, train_model, eval_model, criterion, optimizer, scaler, world.device, dtype)
 
 
 @dataclass
-class Progress:
-    """How far a run is: epochs completed, and how far into the next one it got."""
+class Run:
+    """What every stage of a run consults: its flags, its processes, the stop request, the splits'
+    failed pairs, and rank 0's log (None on the other processes)."""
 
-    epoch: int = 0
-    samples_done: int = 0  # of epoch + 1, in TrainingOrder
-    loss_sum: float = 0.0  # over the steps done of epoch + 1
-    loss_steps: int = 0
-    best_abs_rel: float = math.inf
-    history: list = field(default_factory=list)  # per finished epoch: train loss, seconds, test metrics
-
-    def finish_epoch(self, val_metrics, seconds):
-        """Record the finished epoch and move to the next; returns whether it is the best so far."""
-        is_best = val_metrics["abs_rel"] < self.best_abs_rel
-        train_loss = self.loss_sum / max(self.loss_steps, 1)
-        self.history.append({"epoch": self.epoch + 1, "train_loss": train_loss, "seconds": seconds, **val_metrics})
-        self.epoch += 1
-        self.samples_done, self.loss_sum, self.loss_steps = 0, 0.0, 0
-        self.best_abs_rel = min(self.best_abs_rel, val_metrics["abs_rel"])
-        return is_best
+    args: argparse.Namespace
+    world: object
+    stop: GracefulStop
+    skipped_train: SkippedSamples
+    skipped_test: SkippedSamples
+    log: TrainingLog = None
 
 
-class SkippedSamples:
-    """Pairs of a split that failed to load: each reported once, the run stopped past a share of the split."""
-
-    def __init__(self, split, num_pairs, max_fraction):
-        self.split = split
-        self.num_pairs = num_pairs
-        self.max_fraction = max_fraction
-        self.limit = math.floor(max_fraction * num_pairs)
-        self.failed = {}
-
-    def add(self, failures):
-        for failure in failures:
-            if failure.names not in self.failed:
-                self.failed[failure.names] = failure.reason
-                tqdm.write(f"skipped {self.split} pair {failure.names[0]}: {failure.reason}")
-        if len(self.failed) > self.limit:
-            raise SharedError(
-                f"{len(self.failed)} of the {self.num_pairs} {self.split} pairs failed to load, more than "
-                f"--max_bad_fraction {self.max_fraction} allows ({self.limit}); the first: "
-                f"{next(iter(self.failed.values()))}"
-            )
-
-
-def training_batch(images, depth_m, input_size, device, depth_range=NYU_DEPTH_RANGE, mark_invalid=False):
-    """A loader batch on the device at the network's sizes, resized there in one go.
-
-    Images become float in [0, 1] at input_size, channels_last; depth (metres) is
-    resized to the output size in DenseDepth's target space for depth_range. With
-    mark_invalid (datasets of one's own), depth that is 0, NaN or beyond the range is
-    left out of the resize (each output pixel averages the valid targets under it, so
-    sparse LiDAR-like depth keeps its measurements) and is NaN where none was, for the
-    loss to leave out.
-    """
-    images = resize(to_unit_range(images.to(device, non_blocking=True)), input_size)
-    depth_m, size = depth_m.to(device, non_blocking=True), output_size(input_size)
-    if mark_invalid:
-        depth_m = resize_measured_depth_m(depth_m, size, depth_range.max_m)
-    else:
-        depth_m = downsample_depth_m(depth_m, size, depth_range)
-    return images.contiguous(memory_format=torch.channels_last), depth_m
-
-
-def train_step(model, images, depth_m, criterion, optimizer, scaler, device, dtype):
-    """One optimisation step on a batch already on the device; returns the loss and prediction, detached."""
-    with autocast(device, dtype):
-        pred = model(images)
-    loss = criterion(pred.float(), depth_m_to_target(depth_m, criterion.depth_range))  # in fp32, outside autocast
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach(), pred.detach()
-
-
-def agreed_batches(loader, world, guards):
-    """The loader's (images, depth_m) batches as far as all processes go on together.
-
-    A stop requested on any process ends the epoch on all before the next step; a step
-    where some process has no pair that loaded gives (None, None) on all, which skip it;
-    failed pairs are added to `skipped` on all, so its limit stops them together.
-    """
-    stop, skipped = guards
-    for images, depth_m, failures in loader:
-        stop_number, any_missing, any_failed = world.max(stop.number, images is None, len(failures))
-        if stop_number:
-            stop.adopt(stop_number)
-            return
-        if any_failed:
-            skipped.add(world.gather(failures))
-        yield (None, None) if any_missing else (images, depth_m)
-
-
-def train_one_epoch(model, loader, criterion, optimizer, scaler, dtype, progress, args, world, guards, log):
+def train_one_epoch(learner, loader, progress, run):
     """Train on the rest of epoch progress.epoch + 1, keeping `progress` up to date; returns whether
     a stop request ended it early (after a whole step, on every process).
 
     Losses are checked at each log line (one device sync per interval, not per step) and go to
-    the log (None on processes other than rank 0).
+    rank 0's log.
     """
-    model.train()
+    args, world, criterion = run.args, run.world, learner.criterion
+    learner.train_model.train()
     epoch, steps = progress.epoch + 1, loader.sampler.steps_per_epoch
     first_step = progress.samples_done // args.batch_size + 1
     losses, metrics = [], DepthMetrics()  # of the current log interval
     bar = tqdm(
-        agreed_batches(loader, world, guards),
+        agreed_batches(loader, world, Guards(run.stop, run.skipped_train)),
         desc=f"epoch {epoch}/{args.epochs}",
         initial=first_step - 1,
         total=steps,
@@ -506,20 +430,27 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, dtype, progress
     )
 
     def end_interval(step):
-        loss = report_interval(losses, metrics, epoch, step, steps, progress, args, world)
-        if loss is not None and log is not None:
-            log.add_loss(samples_seen(progress, steps, args.batch_size), loss)
+        loss = report_interval(losses, metrics, step, steps, progress, run)
+        if loss is not None and run.log is not None:
+            run.log.add_loss(samples_seen(progress, steps, args.batch_size), loss)
         bar.set_postfix(loss=f"{progress.loss_sum / max(progress.loss_steps, 1):.4f}")
         losses.clear()
         metrics.reset()
 
     steps_taken = 0
     for step, (images, depth_m) in enumerate(bar, start=first_step):
+        if args.lr_schedule != "constant":
+            set_learning_rate(
+                learner.optimizer, learning_rate(args, progress.epoch * steps + step - 1, args.epochs * steps)
+            )
         if images is not None:
             images, depth_m = training_batch(
                 images, depth_m, args.input_size, world.device, criterion.depth_range, criterion.mask_invalid
             )
-            loss, pred = train_step(model, images, depth_m, criterion, optimizer, scaler, world.device, dtype)
+            loss, pred = train_step(
+                learner.train_model, images, depth_m, criterion, learner.optimizer, learner.scaler, learner.device,
+                learner.dtype,
+            )  # fmt: skip
             losses.append((step, loss))
             metrics.update(target_to_depth_m(pred.float(), criterion.depth_range), depth_m)
         progress.samples_done += args.batch_size
@@ -531,27 +462,33 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, dtype, progress
     return steps_taken < len(loader)
 
 
+def set_learning_rate(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def samples_seen(progress, steps_per_epoch, batch_size):
     """Training samples seen since the run began: the x axis of its TensorBoard curves."""
     return progress.epoch * steps_per_epoch * batch_size + progress.samples_done
 
 
-def report_interval(losses, metrics, epoch, step, steps, progress, args, world):
+def report_interval(losses, metrics, step, steps, progress, run):
     """Check the interval's losses (averaged over the processes) are finite, add them to the epoch's,
     print a line; returns their mean."""
     if not losses:
         return None
+    epoch, world = progress.epoch + 1, run.world
     values = world.mean(torch.stack([loss for _, loss in losses]).float()).cpu()
     finite = torch.isfinite(values)
     if not finite.all():
         bad_step = losses[int((~finite).nonzero()[0])][0]
         raise SharedError(
             f"the loss became {values[~finite][0].item()} at epoch {epoch} step {bad_step}; the run stopped "
-            f"without saving, {last_good_checkpoint(args)} (try a lower --lr, or look for broken pairs)"
+            f"without saving, {last_good_checkpoint(run.args)} (try a lower --lr, or look for broken pairs)"
         )
     progress.loss_sum += float(values.sum())
     progress.loss_steps += len(losses)
-    metrics.sum_across_processes(world.device)
+    world.sum_in_place(metrics.sums(world.device))
     train_metrics = metrics.compute("pooled")
     tqdm.write(
         f"epoch {epoch} step {step}/{steps}: loss {values.mean():.4f}, "
@@ -560,18 +497,12 @@ def report_interval(losses, metrics, epoch, step, steps, progress, args, world):
     return float(values.mean())
 
 
-def last_good_checkpoint(args):
-    path = Path(args.checkpoint_dir) / "last.pth"
-    if path.is_file():
-        return f"keeping the last good checkpoint {path}"
-    return "and no checkpoint had been written yet"
-
-
 def validate(model, loader, args, world, dtype, guards, depth_range=None):
-    """Metrics on the zip's test split by the evaluation protocol, inside the Eigen crop: each
-    process takes its share, and their sums and counts are added up before the metrics are
-    taken, as one process would. None if a stop was requested (on any process) before the end.
-    depth_range: the model's, given when `model` is a compiled wrapper."""
+    """The epoch's metrics on the validation pairs (NYU's test split, or --val_data) by the evaluation
+    protocol: NYU's inside the Eigen crop; a dataset of one's own over whole pictures, the ground truth
+    capped at the model's depth range. Each process takes its share, and their sums and counts are
+    added up before the metrics are taken, as one process would. None if a stop was requested (on
+    any process) before the end. depth_range: the model's, given when `model` is a compiled wrapper."""
     stop, skipped = guards
     failures = []
 
@@ -583,7 +514,6 @@ def validate(model, loader, args, world, dtype, guards, depth_range=None):
             if images is not None:
                 yield images, depth_m
 
-    # A dataset of one's own: no crop, ground truth capped at the model's range; NYU's: the Eigen crop.
     own_data = loader.dataset.own_data
     metrics = evaluate_protocol(
         model, batches(), args.input_size, "none" if own_data else None, world.device, dtype, total=len(loader),
@@ -596,69 +526,28 @@ def validate(model, loader, args, world, dtype, guards, depth_range=None):
     if stop_number:
         stop.adopt(stop_number)
         return None
-    metrics.sum_across_processes(world.device)
+    world.sum_in_place(metrics.sums(world.device))
     return metrics.compute("per_image")
 
 
-def make_checkpoint(model, optimizer, scaler, progress, args, world, val_metrics):
-    """Everything to resume the run exactly and to use the model; refuses weights that are not finite."""
-    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-        raise SharedError(
-            f"the weights are no longer finite; the run stopped without saving, {last_good_checkpoint(args)}"
-        )
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        **asdict(progress),
-        "val_metrics": val_metrics,
-        "rng": rng_states(),
-        "world_size": world.size,
-        "args": {key: list(value) if isinstance(value, tuple) else value for key, value in vars(args).items()},
-        "config": model_config(model, args.input_size),
-        "versions": {
-            "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__),
-            "python": platform.python_version(),
-        },
-    }
-
-
-def save_on_main(world, state, *paths):
-    """Rank 0 writes the checkpoint; should that fail, every process stops with its error."""
-    with world.all_or_none():
-        if world.is_main:
-            for path in paths:
-                save_checkpoint(state, path)
-
-
-def resume(checkpoint, optimizer, scaler, args, world):
-    """Restore the optimizer, scaler and random generators; returns the run's Progress."""
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    if "scaler" in checkpoint:
-        scaler.load_state_dict(checkpoint["scaler"])
-    if "rng" in checkpoint:
-        set_rng_states(checkpoint["rng"])
-    fields = {key: checkpoint[key] for key in Progress.__dataclass_fields__ if key in checkpoint}
-    progress = Progress(**fields)
-    position = f"epoch {progress.epoch + 1}, sample {progress.samples_done}" if progress.samples_done else ""
-    print(f"resumed from {args.checkpoint} after epoch {progress.epoch}" + (f" ({position})" if position else ""))
-    saved_by = checkpoint.get("world_size", 1)
-    if saved_by != world.size:
-        processes = f"{saved_by} process" + ("es" if saved_by > 1 else "")
-        print(f"the run was saved by {processes} and goes on with {world.size}, on the same global batches")
-    return progress
+def save_checkpoints(world, state, *paths):
+    """Rank 0 writes the checkpoint to each path; should that fail, every process stops with its error."""
+    world.on_main(lambda: [save_checkpoint(state, path) for path in paths])
 
 
 def resume_command(args, path, world):
-    """The command line that resumes this run from checkpoint `path`."""
+    """The command line that resumes this run from checkpoint `path`: the mandatory flags, and the
+    others given that the checkpoint does not hold (how the run goes rather than what it trains)."""
     flags = ["--data_dir", args.data_dir, "--batch_size", args.batch_size, "--checkpoint_dir", args.checkpoint_dir]
     flags += ["--epochs", args.epochs, "--checkpoint", path]
     parser = get_args_parser()
-    for name in RUN_FLAGS:
-        value = getattr(args, name)
-        if value != parser.get_default(name):
-            flags += [f"--{name}"] if value is True else [f"--{name}", value]
+    held = set(setting_defaults(parser)) | set(REPLACED_ON_RESUME)
+    for action in parser._actions:
+        if action.required or not action.option_strings or action.dest in held or action.dest == "help":
+            continue
+        value = getattr(args, action.dest)
+        if value != action.default:
+            flags += [action.option_strings[0]] + ([] if isinstance(value, bool) else [value])
     if not world.launched:
         launcher = "python"
     elif world.local_size == world.size:
@@ -669,48 +558,28 @@ def resume_command(args, path, world):
     return f"{launcher} {shlex.quote(script)} " + shlex.join(str(flag) for flag in flags)
 
 
-def stop_run(stop, state, progress, args, world):
+def stop_run(learner, progress, run):
     """Save the state of a run stopped by a signal and raise Stopped with how to resume it."""
+    args, world = run.args, run.world
     path = Path(args.checkpoint_dir) / "last.pth"
-    save_on_main(world, state, path)
+    save_checkpoints(world, make_checkpoint(learner, progress, args, world, None), path)
     raise Stopped(
-        f"stopped by {stop.signal.name} in epoch {progress.epoch + 1} after step "
+        f"stopped by {run.stop.signal.name} in epoch {progress.epoch + 1} after step "
         f"{progress.samples_done // args.batch_size}; saved {path}. "
         f"Resume with: {resume_command(args, path, world)}",
-        stop.exit_code,
+        run.stop.exit_code,
     )
 
 
-def end_epoch(model, optimizer, scaler, progress, args, world, val_metrics, seconds):
+def end_epoch(learner, progress, run, epoch_metrics, seconds):
     """Report the finished epoch and save it as last.pth, and as best.pth when its abs rel is the lowest yet."""
-    is_best = progress.finish_epoch(val_metrics, seconds)
+    is_best = progress.finish_epoch(epoch_metrics, seconds)
     row = progress.history[-1]
     print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, {seconds:.0f} s; test split (per image):")
-    print(format_table(val_metrics))
-    state = make_checkpoint(model, optimizer, scaler, progress, args, world, val_metrics)
-    checkpoint_dir = Path(args.checkpoint_dir)
-    save_on_main(world, state, checkpoint_dir / "last.pth", *([checkpoint_dir / "best.pth"] if is_best else []))
-
-
-def preview_samples(dataset, count=4):
-    """A few fixed pairs of the test split, evenly spaced, to draw the model's predictions on each epoch."""
-    samples = (dataset[index] for index in example_indices(len(dataset), count))
-    return [sample for sample in samples if not isinstance(sample, FailedSample)]
-
-
-def preview_grid(model, samples, args, device, dtype, epoch):
-    """The prediction_grid picture of the preview samples, predicted by the evaluation protocol
-    (None without samples)."""
-    if not samples:
-        return None
-    rows = []
-    model.eval()
-    with torch.inference_mode():
-        for image, depth_m in samples:
-            with autocast(device, dtype):
-                pred_m = predict_depth_m(model, image[None].to(device), args.input_size, depth_m.shape[-2:])
-            rows.append((image.permute(1, 2, 0).numpy(), depth_m[0].numpy(), pred_m[0, 0].float().cpu().numpy()))
-    return prediction_grid(rows, f"epoch {epoch}: test-split pictures, prediction in the ground truth's range")
+    print(format_table(epoch_metrics))
+    state = make_checkpoint(learner, progress, run.args, run.world, epoch_metrics)
+    checkpoint_dir = Path(run.args.checkpoint_dir)
+    save_checkpoints(run.world, state, checkpoint_dir / "last.pth", *([checkpoint_dir / "best.pth"] if is_best else []))
 
 
 def summarize(progress, args, log):
@@ -725,7 +594,7 @@ def summarize(progress, args, log):
     print(f"files in {args.checkpoint_dir}: {files}")
 
 
-def describe_run(model, train_loader, val_loader, args, world, dtype):
+def describe_run(model, train_loader, test_loader, args, world, dtype):
     processes = ""
     if world.launched:
         backend = "nccl" if world.device.type == "cuda" else "gloo"
@@ -738,66 +607,68 @@ def describe_run(model, train_loader, val_loader, args, world, dtype):
     print(
         f"DenseDepth, decoder width {model.decoder_width}, {count_parameters(model) / 1e6:.2f} M parameters, "
         f"on {world.device} in {precision_name(dtype)}{processes}; {len(train_loader.dataset)} training pairs, "
-        f"{len(val_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}, depth "
+        f"{len(test_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}, depth "
         f"{model.depth_range.min_m:g} to {model.depth_range.max_m:g} m"
     )
+
+
+def load_start(args, world):
+    """The checkpoint to resume (--checkpoint) or weights to start from (--weights), if any; the run's
+    settings resolved with them; the checkpoint directory cleared of half-written files."""
+    checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    weights = load_weights(args.weights) if args.weights else None
+    if weights is not None and is_keras_file(args.weights):
+        print(describe(weights))
+    resolve_settings(args, checkpoint, weights)
+    check_world(args, world)
+    if world.is_main:
+        remove_partial_writes(writable_dir(args.checkpoint_dir, "--checkpoint_dir"), "*.pth")
+    return checkpoint, weights
 
 
 def main(args):
     check_args(args)
     with start_world(args.device, args.dist_url) as world:
         with world.all_or_none():  # a file one machine lacks stops every process, reported once
-            checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
-            weights = load_weights(args.weights) if args.weights else None
-            if weights is not None and is_keras_file(args.weights):
-                print(describe(weights))
-            resolve_settings(args, checkpoint, weights)
-            check_world(args, world)
-            if world.is_main:
-                remove_partial_writes(writable_dir(args.checkpoint_dir, "--checkpoint_dir"), "*.pth")
+            checkpoint, weights = load_start(args, world)
             seed_everything(args.seed)
             dtype = choose_precision(args.precision, world.device)
-            train_loader, val_loader = build_loaders(args, world)
+            train_loader, test_loader = build_loaders(args, world)
         model = build_model(args, checkpoint, world, weights)
-        train_model, eval_model = parallelize(model, args, world)
-        criterion = DepthLoss(model.depth_range, mask_invalid=train_loader.dataset.own_data)
-        optimizer = build_optimizer(model, args, world.device)
-        # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
-        scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
-        progress = resume(checkpoint, optimizer, scaler, args, world) if checkpoint is not None else Progress()
-        describe_run(model, train_loader, val_loader, args, world, dtype)
-        preview = preview_samples(val_loader.dataset) if world.is_main else []
-        skipped_train = SkippedSamples("training", len(train_loader.dataset), args.max_bad_fraction)
-        skipped_val = SkippedSamples("test", len(val_loader.dataset), args.max_bad_fraction)
-
+        learner = build_learner(model, train_loader, args, world, dtype)
+        progress = restore(checkpoint, learner, args, world) if checkpoint is not None else Progress()
+        describe_run(model, train_loader, test_loader, args, world, dtype)
         if progress.epoch >= args.epochs:
             print(f"{args.checkpoint} has finished {progress.epoch} epochs already; raise --epochs to train on")
+
+        preview = preview_samples(test_loader.dataset) if world.is_main else []
         steps = train_loader.sampler.steps_per_epoch
-        log = None
-        with world.all_or_none():
-            if world.is_main:
-                log = TrainingLog(args.checkpoint_dir, samples_seen(progress, steps, args.batch_size))
+        log = world.on_main(TrainingLog, args.checkpoint_dir, samples_seen(progress, steps, args.batch_size))
         with GracefulStop(announce=world.is_main) as stop, contextlib.closing(log) if log else contextlib.nullcontext():
+            run = Run(
+                args, world, stop,
+                SkippedSamples("training", len(train_loader.dataset), args.max_bad_fraction),
+                SkippedSamples("test", len(test_loader.dataset), args.max_bad_fraction),
+                log,
+            )  # fmt: skip
             for epoch in range(progress.epoch + 1, args.epochs + 1):
                 started = time.time()
                 train_loader.sampler.start(epoch, progress.samples_done)
-                stopped = train_one_epoch(
-                    train_model, train_loader, criterion, optimizer, scaler, dtype, progress, args, world,
-                    (stop, skipped_train), log,
+                stopped = train_one_epoch(learner, train_loader, progress, run)
+                guards = Guards(stop, run.skipped_test)
+                epoch_metrics = None if stopped else validate(
+                    learner.eval_model, test_loader, args, world, dtype, guards, model.depth_range
                 )  # fmt: skip
-                val_metrics = (
-                    None
-                    if stopped
-                    else validate(eval_model, val_loader, args, world, dtype, (stop, skipped_val), model.depth_range)
+                if epoch_metrics is None:  # stopped in training or validation: save where the run is, say how to go on
+                    stop_run(learner, progress, run)
+                end_epoch(learner, progress, run, epoch_metrics, time.time() - started)
+                world.on_main(  # rank 0 draws and logs the epoch
+                    lambda: log.end_epoch(
+                        progress.history,
+                        preview_grid(model, preview, args.input_size, world.device, dtype, progress.epoch),
+                        samples_seen(progress, steps, args.batch_size),
+                    )
                 )
-                if val_metrics is None:  # stopped in training or validation: save where the run is, say how to go on
-                    state = make_checkpoint(model, optimizer, scaler, progress, args, world, None)
-                    stop_run(stop, state, progress, args, world)
-                end_epoch(model, optimizer, scaler, progress, args, world, val_metrics, time.time() - started)
-                with world.all_or_none():  # rank 0 draws and logs the epoch
-                    if world.is_main:
-                        grid = preview_grid(model, preview, args, world.device, dtype, progress.epoch)
-                        log.end_epoch(progress.history, grid, samples_seen(progress, steps, args.batch_size))
         if world.is_main:
             summarize(progress, args, log)
 

@@ -223,6 +223,12 @@ class World:
         dist.all_reduce(total)
         return total / self.size
 
+    def sum_in_place(self, tensors):
+        """Replace each tensor (on this process's device) by its element-wise sum over all processes."""
+        if self.size > 1:
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+
     def gather(self, items):
         """Every process's list of (picklable) items joined in rank order, on every process."""
         if self.size == 1:
@@ -247,6 +253,15 @@ class World:
         if errors:
             rank, message = errors[0]
             raise SharedError(message if rank == 0 else f"on rank {rank}: {message}")
+
+    def on_main(self, function, *args, **kwargs):
+        """function(*args, **kwargs) on rank 0 alone (its result; None on the others), in a block every
+        process joins, so a UserError it raises (a full disk) stops them all together."""
+        result = None
+        with self.all_or_none():
+            if self.is_main:
+                result = function(*args, **kwargs)
+        return result
 
 
 def launched_by_torchrun():

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from data import encode_picture
+from data import FailedSample, encode_picture
 from metrics import METRIC_NAMES
-from utils import write_bytes
+from protocol import predict_depth_m
+from utils import autocast, write_bytes
 
 DEPTH_CMAP = "plasma"
 ERROR_CMAP = "magma"
@@ -29,8 +31,6 @@ MAX_REL_ERROR = 0.5  # the error colour map saturates at 50% abs rel error
 INVALID_RGB = (255, 255, 255)  # ground truth that is not finite and > 0
 OUTSIDE_CROP_RGB = (160, 160, 160)  # where the metrics do not look
 # NYU Depth v2's RGB camera (fx, fy, cx, cy in pixels, first pixel's centre at 0) at 640x480.
-NYU_INTRINSICS = (518.8579, 519.4696, 325.5824, 253.7362)
-NYU_SIZE = (480, 640)
 
 
 def valid_depth(depth_m):
@@ -191,6 +191,27 @@ def prediction_grid(samples, title):
     return _render(figure)
 
 
+def preview_samples(dataset, count=4):
+    """A few fixed pairs of a validation split, evenly spaced, to draw a model's predictions on each epoch."""
+    samples = (dataset[index] for index in example_indices(len(dataset), count))
+    return [sample for sample in samples if not isinstance(sample, FailedSample)]
+
+
+def preview_grid(model, samples, input_size, device, dtype, epoch):
+    """The prediction_grid picture of the preview samples, predicted by the evaluation protocol
+    (None without samples)."""
+    if not samples:
+        return None
+    rows = []
+    model.eval()
+    with torch.inference_mode():
+        for image, depth_m in samples:
+            with autocast(device, dtype):
+                pred_m = predict_depth_m(model, image[None].to(device), input_size, depth_m.shape[-2:])
+            rows.append((image.permute(1, 2, 0).numpy(), depth_m[0].numpy(), pred_m[0, 0].float().cpu().numpy()))
+    return prediction_grid(rows, f"epoch {epoch}: test-split pictures, prediction in the ground truth's range")
+
+
 def plot_curves(history):
     """PNG bytes of a run's curves by epoch: training loss, delta accuracies, relative errors, rms.
 
@@ -215,14 +236,6 @@ def plot_curves(history):
         ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True, min_n_ticks=1))
         ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
     return figure_png(figure)
-
-
-def scaled_intrinsics(height, width, intrinsics=NYU_INTRINSICS, size=NYU_SIZE):
-    """Pinhole intrinsics (fx, fy, cx, cy) given at `size` (H, W), scaled to a height x width picture
-    (the same field of view)."""
-    fx, fy, cx, cy = intrinsics
-    scale_y, scale_x = height / size[0], width / size[1]
-    return fx * scale_x, fy * scale_y, cx * scale_x, cy * scale_y
 
 
 def backproject(depth_m, intrinsics):

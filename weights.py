@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE, Variant, settings_config, variant_from_config
+from depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
+from model import Variant, settings_config, variant_from_config
 from utils import UserError, load_checkpoint
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

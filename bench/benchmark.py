@@ -50,11 +50,12 @@ from data import (
     open_training_data,
     read_pairs,
 )
-from evaluate import eigen_batches, evaluate_protocol, load_model
+from inference import load_model
 from loss import DepthLoss
-from metrics import DepthMetrics, crop
-from model import DenseDepth, model_config, output_size, predict_depth_m
-from train import build_optimizer, train_step, training_batch
+from metrics import DepthMetrics
+from model import DenseDepth, model_config, output_size
+from protocol import crop, eigen_batches, evaluate_protocol, predict_depth_m
+from training import build_optimizer, train_step, training_batch
 from utils import autocast, choose_device, choose_precision, cpu_has_native_bf16, precision_name, write_bytes
 
 

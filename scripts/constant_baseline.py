@@ -17,7 +17,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data import TRAIN_CSV, DecodeError, EigenTestZip, decode_depth_png, open_training_data, read_pairs  # noqa: E402
-from metrics import DepthMetrics, crop, format_table  # noqa: E402
+from metrics import DepthMetrics, format_table
+from protocol import crop  # noqa: E402
 from utils import UserError, run_main, write_bytes  # noqa: E402
 
 

@@ -11,6 +11,7 @@ import data
 import scenes
 from data import (
     EIGEN_CROP_NYU,
+    NYU_INTRINSICS,
     TEST_CSV,
     TRAIN_CSV,
     DirectoryArchive,
@@ -28,9 +29,9 @@ from data import (
     encode_train_depth_png,
     open_training_data,
     read_pairs,
-    scaled_eigen_crop,
     write_npy_member,
 )
+from protocol import scaled_eigen_crop
 from sample_data import write_sample_data
 from utils import UserError
 
@@ -111,7 +112,8 @@ def test_rendered_depth_is_exact_z_depth():
     assert np.allclose(far_wall, 6.0, atol=1e-4)
     # floor below the horizon: z = camera height * fy / (v - cy)
     row = 470
-    assert depth[row, 320] == pytest.approx(1.2 * scenes.NYU_FY / (row - scenes.NYU_CY), rel=1e-4)
+    _, fy, _, cy = NYU_INTRINSICS
+    assert depth[row, 320] == pytest.approx(1.2 * fy / (row - cy), rel=1e-4)
     assert (hit_id == -1).all()
 
 

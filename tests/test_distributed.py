@@ -18,8 +18,9 @@ from test_bad_input import rewrite_zip
 
 import train
 from data import TRAIN_CSV, TrainingOrder, collate_pairs
+from depth import depth_m_to_target
 from loss import DepthLoss
-from model import depth_m_to_target, model_from_checkpoint
+from model import model_from_checkpoint
 from sample_data import write_sample_data
 from utils import GracefulStop, World, seed_everything
 

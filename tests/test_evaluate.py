@@ -9,7 +9,7 @@ from PIL import Image
 
 import evaluate
 from evaluate import find_pictures, load_picture, network_size, same_size_batches
-from model import predict_depth_m
+from protocol import predict_depth_m
 from utils import UserError, load_checkpoint
 
 

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from metrics import METRIC_NAMES, DepthMetrics, crop, format_table
+from metrics import METRIC_NAMES, DepthMetrics, format_table
+from protocol import crop
 
 
 def test_metrics_of_one_image_by_hand():

@@ -3,15 +3,10 @@ import urllib.error
 import pytest
 import torch
 
-from model import (
-    DenseDepth,
-    WeightsUnavailableError,
-    count_parameters,
-    depth_m_to_target,
-    predict_depth_m,
-    resize,
-    target_to_depth_m,
-)
+from data import resize
+from depth import depth_m_to_target, target_to_depth_m
+from model import DenseDepth, WeightsUnavailableError, count_parameters
+from protocol import predict_depth_m
 
 
 def conv_params(in_channels, out_channels, kernel):

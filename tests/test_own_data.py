@@ -12,10 +12,12 @@ from test_bad_input import assert_one_clear_line
 
 import evaluate
 import train
-from data import CROPS, DecodeError, collate_pairs, crop_box, decode_depth, encode_depth_file
+from data import DecodeError, collate_pairs, decode_depth, encode_depth_file
+from depth import DepthRange
 from loss import DepthLoss
 from metrics import DepthMetrics
-from model import DenseDepth, DepthRange, settings_config
+from model import DenseDepth, settings_config
+from protocol import CROPS, crop_box
 from sample_data import write_rgbd_folder, write_sample_data
 from utils import load_checkpoint
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data import scaled_intrinsics
 from metrics import METRIC_NAMES
 from visualize import (
     INVALID_RGB,
@@ -21,7 +22,6 @@ from visualize import (
     plot_curves,
     ply_bytes,
     prediction_grid,
-    scaled_intrinsics,
     side_by_side,
 )
 

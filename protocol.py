@@ -1,0 +1,132 @@
+"""The DenseDepth evaluation protocol, used alike by training's validation, evaluate.py and the benchmark.
+
+Each picture is resized to the network's input size (the one it was trained at) and
+predicted together with its mirror image in the same batch; both predictions are
+converted to metres (clipped to the model's depth range), upsampled bilinearly to the
+ground truth's size and averaged. The metrics (metrics.py) are taken inside a crop (NYU's
+Eigen crop by default, or KITTI's) over ground-truth pixels that are finite and > 0.
+"""
+
+import torch
+from tqdm import tqdm
+
+from data import EIGEN_CROP_NYU, NYU_SIZE, resize, to_unit_range
+from depth import target_to_depth_m
+from metrics import DepthMetrics
+from utils import autocast
+
+
+def predict_depth_m(model, images, input_size, out_size, flip=True, channels_last=True, depth_range=None):
+    """Metric depth (N, 1, *out_size) for images (N, 3, H, W), uint8 or in [0, 1]: the DenseDepth protocol.
+
+    The images are resized to the network's input size; with flip=True the
+    mirrored copies go through the network in the same batch and their
+    predictions, mirrored back, are averaged with the originals. Each
+    prediction is converted to metres (clipped to the model's depth range,
+    [0.1, 10] m for NYU) and upsampled bilinearly to out_size before
+    averaging, as in DenseDepth's evaluation. depth_range: the model's own
+    (model.depth_range) unless given, as it must be for a wrapper that hides it.
+    A model with returns_depth_m (an exported one) gives metres at its input's
+    size itself; they are resized to out_size.
+    Run it inside the caller's autocast context; the depth comes out in float32.
+    """
+    images = resize(to_unit_range(images), input_size)
+    batch = torch.cat([images, images.flip(-1)]) if flip else images
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    if getattr(model, "returns_depth_m", False):  # an exported model (deploy.py): metres at the input's size
+        depth_m = resize(model(batch).float(), out_size)
+    else:
+        depth_m = resize(target_to_depth_m(model(batch).float(), depth_range or model.depth_range), out_size)
+    if flip:
+        depth_m, mirrored = depth_m.chunk(2)
+        depth_m = (depth_m + mirrored.flip(-1)) / 2
+    return depth_m
+
+
+# Crops of the evaluation protocols, as [top, bottom, left, right] rows and columns, both ends inclusive.
+CROPS = ("eigen", "garg", "eigen_kitti", "none")
+# KITTI's, as fractions of the picture's height and width (Garg et al. 2016; Eigen et al. 2014).
+_KITTI_CROP_FRACTIONS = {
+    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+    "eigen_kitti": (0.3324324, 0.91351351, 0.03594771, 0.96405229),
+}
+
+
+def crop_box(name, height, width):
+    """The named crop for a height x width picture: 'eigen' (NYU's, scaled from 480x640), 'garg' or
+    'eigen_kitti' (KITTI's, fractions of the size, end-exclusive as published), 'none' (all)."""
+    if name == "eigen":
+        return scaled_eigen_crop(height, width)
+    if name == "none":
+        return (0, height - 1, 0, width - 1)
+    top, bottom, left, right = _KITTI_CROP_FRACTIONS[name]
+    return (int(top * height), int(bottom * height) - 1, int(left * width), int(right * width) - 1)
+
+
+def scaled_eigen_crop(height, width):
+    """The Eigen crop for a height x width image, scaled from its 480x640 definition."""
+    top, bottom, left, right = EIGEN_CROP_NYU
+    scale_y, scale_x = height / NYU_SIZE[0], width / NYU_SIZE[1]
+    return (
+        round(top * scale_y),
+        round((bottom + 1) * scale_y) - 1,
+        round(left * scale_x),
+        round((right + 1) * scale_x) - 1,
+    )
+
+
+def crop(tensor, crop_box):
+    """Keep rows top..bottom and columns left..right (both ends inclusive) of (..., H, W)."""
+    top, bottom, left, right = crop_box
+    return tensor[..., top : bottom + 1, left : right + 1]
+
+
+def evaluate_protocol(
+    model,
+    batches,
+    input_size,
+    crop_box,
+    device,
+    dtype=torch.float32,
+    flip=True,
+    total=None,
+    desc="evaluating",
+    progress_bar=True,
+    depth_range=None,
+    max_depth_m=None,
+):
+    """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W)) batches.
+
+    The network runs under autocast to `dtype`; the metrics are computed in fp32 and
+    streamed, so memory does not grow with the number of images. crop_box: a box, a crop's
+    name (data.CROPS) or None for the Eigen crop, each for the ground truth's size (resolve_crop);
+    depth_range None: the model's own; max_depth_m: the metrics' cap on the ground truth, if any.
+    """
+    metrics = DepthMetrics(max_depth_m)
+    model.eval()
+    with torch.inference_mode():
+        bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress_bar)
+        for images, depth_m in bar:
+            images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
+            with autocast(device, dtype):
+                pred_m = predict_depth_m(model, images, input_size, depth_m.shape[-2:], flip, depth_range=depth_range)
+            box = resolve_crop(crop_box, *depth_m.shape[-2:])
+            metrics.update(crop(pred_m, box), crop(depth_m, box))
+    return metrics
+
+
+def resolve_crop(spec, height, width):
+    """The crop box for a height x width ground truth: `spec` itself if a box, the named crop
+    (data.crop_box) if a name, the Eigen crop scaled to the size if None."""
+    if spec is None:
+        return scaled_eigen_crop(height, width)
+    if isinstance(spec, str):
+        return crop_box(spec, height, width)
+    return tuple(spec)
+
+
+def eigen_batches(test_set, batch_size):
+    """Batches of the Eigen test zip as tensors: images (B, 3, H, W) uint8, depth (B, 1, H, W) in metres."""
+    for rgb, depth_m in test_set.batches(batch_size):
+        yield torch.from_numpy(rgb).permute(0, 3, 1, 2), torch.from_numpy(depth_m)[:, None]
