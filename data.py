@@ -32,18 +32,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
-
-try:  # several times faster than PIL; deprecated in torchvision 0.29 in favour of TorchCodec
-    from torchvision.io import ImageReadMode, decode_image
-
-    warnings.filterwarnings(
-        "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
-    )
-except ImportError:  # a torchvision without it: decode with PIL
-    decode_image = None
+from torchvision.io import ImageReadMode, decode_image
 
 from depth import NYU_DEPTH_RANGE, depth_m_to_target, target_to_depth_m
 from utils import UserError
+
+# torchvision.io decodes several times faster than PIL; it is deprecated in torchvision 0.29 in favour
+# of TorchCodec, and still there.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 TRAIN_CSV = "data/nyu2_train.csv"
 TEST_CSV = "data/nyu2_test.csv"
@@ -168,10 +166,6 @@ def decode_picture(data, rgb):
     Raises DecodeError for bytes that do not decode.
     """
     try:
-        if decode_image is None:
-            with Image.open(io.BytesIO(data)) as picture:
-                array = np.asarray(picture.convert("RGB") if rgb else picture)
-            return torch.from_numpy(array.copy()).view(*array.shape[:2], -1).permute(2, 0, 1)
         mode = ImageReadMode.RGB if rgb else ImageReadMode.UNCHANGED
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
     except (RuntimeError, OSError, ValueError) as err:

@@ -20,8 +20,8 @@ import torch
 
 METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rms", "log10", "sq_rel", "rms_log")
 AGGREGATIONS = ("per_image", "pooled")
-SEED_COLUMNS = METRIC_NAMES[:6]  # the seed README's table: delta1 delta2 delta3 rel rms log10
-COLUMN_TITLES = {"abs_rel": "rel"}  # as the seed README's table heads it
+README_COLUMNS = METRIC_NAMES[:6]  # the README's tables: delta1 delta2 delta3 rel rms log10
+COLUMN_TITLES = {"abs_rel": "rel"}  # as the README's tables head it
 LOWER_IS_BETTER = {"abs_rel", "rms", "log10", "sq_rel", "rms_log"}
 # Per-pixel terms summed over valid pixels; rms and rms_log take a root at the end.
 _TERMS = ("delta1", "delta2", "delta3", "abs_rel", "sq_err", "log10", "sq_rel", "sq_log_err")
@@ -137,10 +137,10 @@ class DepthMetrics:
 
 
 def format_table(values, markdown=False):
-    """Metrics as a two-line table (titles, values) in the seed README's column order (delta1 delta2
-    delta3 rel rms log10), then sq_rel and rms_log; as Markdown, only the seed's six columns, each
+    """Metrics as a two-line table (titles, values) in the README's column order (delta1 delta2
+    delta3 rel rms log10), then sq_rel and rms_log; as Markdown, only the README's six columns, each
     title with its better direction, ready to paste into a README."""
-    names = [name for name in (SEED_COLUMNS if markdown else METRIC_NAMES) if name in values]
+    names = [name for name in (README_COLUMNS if markdown else METRIC_NAMES) if name in values]
     titles = [COLUMN_TITLES.get(name, name) for name in names]
     if markdown:  # three decimals, as the published tables
         titles = [f"{title} {'↓' if name in LOWER_IS_BETTER else '↑'}" for title, name in zip(titles, names)]

@@ -144,7 +144,7 @@ def build_encoder(pretrained):
 def settings_config(decoder_width, input_size, depth_range=NYU_DEPTH_RANGE, variant=Variant()):
     """What a checkpoint holds to rebuild and use a model: architecture, width, training size,
     depth range, and the variant's settings where they differ from this project's model (a
-    setting left out is the default, as in checkpoints written before variants existed)."""
+    setting left out is the default, which keeps this project's own checkpoints short)."""
     default = asdict(Variant())
     return {
         "architecture": "DenseDepth",
@@ -169,10 +169,7 @@ def variant_from_config(config):
 
 
 def model_from_checkpoint(checkpoint, source):
-    """The DenseDepth model saved in a checkpoint dict (train.py's or convert_weights.py's format), on the CPU.
-
-    Settings that older checkpoints leave out are this project's defaults.
-    """
+    """The DenseDepth model saved in a checkpoint dict (train.py's or convert_weights.py's format), on the CPU."""
     config = checkpoint["config"]
     for key, value in {"architecture": "DenseDepth", "encoder": "densenet169"}.items():
         if config.get(key, value) != value:

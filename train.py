@@ -298,8 +298,8 @@ def model_settings(checkpoint):
     return {
         "decoder_width": config["decoder_width"],
         "input_size": config["input_size"],
-        "min_depth": config.get("min_depth_m", NYU_DEPTH_RANGE.min_m),
-        "max_depth": config.get("max_depth_m", NYU_DEPTH_RANGE.max_m),
+        "min_depth": config["min_depth_m"],
+        "max_depth": config["max_depth_m"],
     }
 
 

@@ -1,6 +1,6 @@
 """Speed and memory of this repo's fast paths, each measured in the same run beside the straightforward path.
 
-On the built-in sample data (rendered into data/sample first if it is not there):
+On the built-in sample data at 640x480 (rendered into data/bench first if it is not there):
     python bench/benchmark.py
 On a GPU, with torch.compile for the training row:
     python bench/benchmark.py --device cuda --compile
@@ -61,7 +61,12 @@ from utils import autocast, choose_device, choose_precision, cpu_has_native_bf16
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Benchmark the fast paths against the straightforward ones")
-    parser.add_argument("--data_dir", default="data/sample", help="folder with nyu_data.zip and nyu_test.zip")
+    parser.add_argument(
+        "--data_dir",
+        default="data/bench",
+        help="folder with nyu_data.zip and nyu_test.zip, rendered there at NYU's 640x480 if missing (the quick "
+        "start's data/sample is 320x240)",
+    )
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     parser.add_argument(
         "--checkpoint",

@@ -38,6 +38,9 @@ def run_script(script, argv, capsys):
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: starts processes, servers or a browser (seconds to minutes); -m 'not slow' leaves them out"
+    )
     # data.py silences this at import, but pytest resets warning filters for each test.
     config.addinivalue_line(
         "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"

@@ -12,6 +12,8 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
+pytestmark = pytest.mark.slow
+
 
 def run(script, *args, cwd=ROOT):
     return subprocess.run(

@@ -20,6 +20,8 @@ from test_bad_input import assert_one_clear_line
 import demo
 import evaluate
 
+pytestmark = pytest.mark.slow
+
 gradio_client = pytest.importorskip("gradio_client", reason="the demo's extras: pip install -r requirements-demo.txt")
 
 

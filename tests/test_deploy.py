@@ -60,6 +60,7 @@ def test_the_onnx_file_says_what_goes_in_and_comes_out(exported):
     assert (props["min_depth_m"], props["max_depth_m"], props["input_size"]) == ("0.1", "10.0", "64 64")
 
 
+@pytest.mark.slow
 def test_torchscript_loads_with_torch_alone(exported, tiny_checkpoint, tmp_path):
     """In a fresh Python that has torch and nothing of this repository."""
     pictures = example_input(SIZES[1], uint8_input=True, batch=2, seed=6)

@@ -24,6 +24,8 @@ from model import model_from_checkpoint
 from sample_data import write_sample_data
 from utils import GracefulStop, World, seed_everything
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 240
 
 

@@ -115,6 +115,7 @@ def test_a_stop_during_validation_resumes_with_the_validation(straight_run, tiny
     assert resumed["val_metrics"] == straight_run["val_metrics"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_with_workers(straight_run, tiny_zips, tmp_path):
     # As a job scheduler does: SIGTERM to the main process and its DataLoader workers at once.
     argv = run_argv(tiny_zips[0], tmp_path, 2, "--workers", 2)
@@ -193,6 +194,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_saving_leaves_a_whole_checkpoint(tmp_path):
     path = tmp_path / "last.pth"
     rng = np.random.default_rng(0)

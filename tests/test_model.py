@@ -14,7 +14,7 @@ def conv_params(in_channels, out_channels, kernel):
 
 
 def expected_decoder_params(width):
-    """The decoder of FACTS.md, counted from its description: 1x1 conv, four up blocks, 3x3 head."""
+    """The paper's decoder, counted from its description: 1x1 conv, four up blocks, 3x3 head."""
     channels = int(1664 * width)
     total = conv_params(1664, channels, 1)
     for skip in (256, 128, 64, 64):
