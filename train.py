@@ -2,9 +2,9 @@
 
 On a GPU (or the CPU, found by itself), the paper's recipe:
     python train.py --data_dir nyu_data.zip --batch_size 8 --checkpoint_dir checkpoints --epochs 20
-A short CPU run on the built-in sample data (see sample_data.py):
-    python train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir runs/sample \
-        --epochs 4 --input_size 192 256 --no_pretrained
+A short CPU run from scratch on the built-in sample data, the quick start's (see sample_data.py):
+    python train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir runs/sample --epochs 2 \
+        --input_size 96 128 --decoder_width 0.5 --no_pretrained --lr 1e-3 --lr_schedule cosine --warmup_steps 30
 Fine-tune a trained model (a checkpoint, or the authors' nyu.h5 / kitti.h5) on new data, as a new run:
     python train.py --data_dir my_data.zip --batch_size 8 --checkpoint_dir finetuned --epochs 5 --weights nyu.h5
 A dataset of one's own (a CSV of rgb_path,depth_path lines, or a folder with rgb/ and depth/), here
@@ -29,7 +29,7 @@ normalises BatchNorm over the global batch rather than each process's share.
 The first Ctrl-C (or SIGTERM, as sent by job schedulers) saves the run's state
 mid-epoch to checkpoint_dir/last.pth and prints that command; a second one quits
 at once. Settings left out when resuming (--input_size, --decoder_width, --lr,
---seed) are the checkpoint's.
+--lr_schedule, --warmup_steps, --seed, the depth range) are the checkpoint's.
 
 Speed: the model and its inputs are channels_last; --precision auto (the
 default) trains under bf16 autocast on GPUs and CPUs that have bf16, fp16 with
@@ -37,14 +37,16 @@ gradient scaling on older GPUs, fp32 elsewhere; the loss is computed in fp32.
 --compile adds torch.compile (for CUDA runs; on a CPU it compiles for minutes).
 
 Each epoch ends with the metrics on the zip's test split (the evaluation
-protocol of evaluate.py) and writes checkpoint_dir/last.pth; the epoch with
+protocol, protocol.py) and writes checkpoint_dir/last.pth; the epoch with
 the lowest abs rel is also kept as checkpoint_dir/best.pth. Beside them, each
 epoch rewrites log.csv (loss and metrics per epoch) and curves.png, adds
 predictions/epoch_NNN.png (fixed test-split pictures: input | ground truth |
 prediction), and logs to TensorBoard in tensorboard/ if the package is
-installed; the run ends with a summary. Checkpoints are written whole or not at all. Pairs that do not load are skipped and reported,
-up to --max_bad_fraction of a split; a loss that is not finite stops the run
-without saving, keeping the last good checkpoint.
+installed; the run ends with a summary. Checkpoints are written whole or not at
+all. Pairs that do not load are skipped and reported, up to --max_bad_fraction of
+a split; a loss that is not finite stops the run without saving, keeping the last
+good checkpoint. The machinery behind these (steps, checkpoints, agreement between
+processes) is in training.py and utils.py; this file is the recipe.
 """
 
 import argparse

@@ -19,7 +19,7 @@ $PY sample_data.py --out data/sample --train_images 1200 --test_images 100 --wid
 # rate ten times the paper's that decays to 0 learns far more (docs/training.md#the-quick-starts-recipe).
 echo "== training on the CPU: 96x128 input, half-width decoder, encoder from scratch, 300 steps"
 $PY train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir $RUN/checkpoints --epochs 2 \
-    --input_size 96 128 --decoder_width 0.5 --no_pretrained --lr 1e-3 --lr_schedule cosine --warmup_steps 30 \
+    --input_size 96 128 --decoder_width 0.5 --no_pretrained --lr 7e-4 --lr_schedule cosine --warmup_steps 30 \
     --log_interval 25
 
 echo "== evaluating the last epoch on the Eigen-format test zip"

@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-import data
 import scenes
 from data import (
     EIGEN_CROP_NYU,
@@ -23,7 +22,6 @@ from data import (
     augment,
     collate_pairs,
     decode_depth_png,
-    decode_rgb,
     downsample_depth_m,
     encode_test_depth_png,
     encode_train_depth_png,
@@ -150,16 +148,6 @@ def test_depth_png_encodings():
     assert decode_depth_png(encode_train_depth_png(np.full((1, 1), 10.0)))[0, 0, 0] == 10.0  # 255 means 10 m
     sixteen_bit = decode_depth_png(encode_test_depth_png(np.array([[1.234, 0.5]])))
     assert torch.allclose(sixteen_bit, torch.tensor([[[1.234, 0.5]]]))
-
-
-def test_pil_fallback_decodes_the_same(monkeypatch, tiny_zips):
-    archive = open_training_data(tiny_zips[0])
-    rgb_name, depth_name = read_pairs(archive, TEST_CSV)[0]
-    fast = decode_rgb(archive.read(rgb_name)), decode_depth_png(archive.read(depth_name))
-    monkeypatch.setattr(data, "decode_image", None)
-    slow = decode_rgb(archive.read(rgb_name)), decode_depth_png(archive.read(depth_name))
-    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
-    assert slow[0].dtype == torch.uint8 and slow[0].shape == (3, 48, 64)
 
 
 def test_csv_with_crlf_and_blank_lines(tmp_path):
