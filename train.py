@@ -77,9 +77,9 @@ from training import (
     agreed_batches,
     build_optimizer,
     last_good_checkpoint,
-    learning_rate,
     make_checkpoint,
     restore,
+    set_learning_rate,
     train_step,
     training_batch,
 )
@@ -151,7 +151,7 @@ def get_args_parser():
         "constant",
         choices=LR_SCHEDULES,
         help="constant (the default, the paper's) or cosine: a linear warmup over --warmup_steps, then a cosine "
-        "decay to 0 at the run's last step (for short runs from scratch, as the quick start's)",
+        "decay to 0 at the run's end (for short runs from scratch, as the quick start's)",
     )
     add_setting(
         optional, "--warmup_steps", 0, type=int, help="steps of linear warmup for --lr_schedule cosine (default 0)"
@@ -442,9 +442,7 @@ def train_one_epoch(learner, loader, progress, run):
     steps_taken = 0
     for step, (images, depth_m) in enumerate(bar, start=first_step):
         if args.lr_schedule != "constant":
-            set_learning_rate(
-                learner.optimizer, learning_rate(args, progress.epoch * steps + step - 1, args.epochs * steps)
-            )
+            set_learning_rate(learner.optimizer, args, progress.epoch * steps + step - 1, args.epochs * steps)
         if images is not None:
             images, depth_m = training_batch(
                 images, depth_m, args.input_size, world.device, criterion.depth_range, criterion.mask_invalid
@@ -462,11 +460,6 @@ def train_one_epoch(learner, loader, progress, run):
     if losses:  # a stop ended the epoch inside a log interval
         end_interval(step)
     return steps_taken < len(loader)
-
-
-def set_learning_rate(optimizer, lr):
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def samples_seen(progress, steps_per_epoch, batch_size):
@@ -534,7 +527,12 @@ def validate(model, loader, args, world, dtype, guards, depth_range=None):
 
 def save_checkpoints(world, state, *paths):
     """Rank 0 writes the checkpoint to each path; should that fail, every process stops with its error."""
-    world.on_main(lambda: [save_checkpoint(state, path) for path in paths])
+
+    def save_all():
+        for path in paths:
+            save_checkpoint(state, path)
+
+    world.on_main(save_all)
 
 
 def resume_command(args, path, world):

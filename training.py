@@ -32,14 +32,21 @@ def build_optimizer(model, args, device):
 def learning_rate(args, step, total_steps):
     """The learning rate of global step `step` (from 0) of a run of `total_steps`: --lr throughout
     (the paper's), or for --lr_schedule cosine a linear warmup over --warmup_steps to --lr, then a
-    cosine decay to 0 at the last step. A function of the step alone, so a resumed run goes on
-    at the rate it stopped at."""
+    cosine decay that reaches 0 at the run's end. A function of the step alone, so a run resumed
+    with the same --epochs goes on at the rate it stopped at (other --epochs stretch the schedule)."""
     if args.lr_schedule == "constant":
         return args.lr
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
     decay_steps = max(total_steps - args.warmup_steps, 1)
     return args.lr * 0.5 * (1 + math.cos(math.pi * (step - args.warmup_steps) / decay_steps))
+
+
+def set_learning_rate(optimizer, args, step, total_steps):
+    """Set every parameter group's rate to learning_rate() of global step `step`."""
+    lr = learning_rate(args, step, total_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Interrupted and failing runs lose nothing: atomic checkpoints, stop-and-resume to the same
 weights, non-finite losses stopped before they are saved, outputs written whole."""
 
+import argparse
 import json
 import os
 import shlex
@@ -18,6 +19,7 @@ from conftest import ROOT, TINY_SIZE, tiny_train_argv
 import evaluate
 import train
 from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, write_npy_member
+from training import learning_rate
 from utils import Stopped, UserError, load_checkpoint, save_checkpoint
 
 
@@ -248,3 +250,32 @@ def test_evaluation_that_fails_half_way_leaves_earlier_results_alone(straight_ru
         evaluate.main(args)
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"earlier": True}
     assert sorted(os.listdir(tmp_path)) == ["metrics.json", "model.pth", "short.zip"]
+
+
+def test_the_cosine_schedule_rises_then_decays_and_constant_stays():
+    cosine = argparse.Namespace(lr=1e-3, lr_schedule="cosine", warmup_steps=4)
+    rates = [learning_rate(cosine, step, 10) for step in range(10)]
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert rates[4] == pytest.approx(1e-3) and all(a > b > 0 for a, b in zip(rates[4:], rates[5:]))
+    assert learning_rate(cosine, 10, 10) == pytest.approx(0, abs=1e-12)
+    constant = argparse.Namespace(lr=1e-4, lr_schedule="constant", warmup_steps=4)
+    assert {learning_rate(constant, step, 10) for step in range(10)} == {1e-4}
+
+
+def test_a_cosine_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_zips, tmp_path, monkeypatch):
+    schedule = ("--workers", 0, "--lr", 1e-3, "--lr_schedule", "cosine", "--warmup_steps", 3)
+    straight = train_in_process(tiny_zips[0], tmp_path / "straight", 2, *schedule)
+    real_step = ctrl_c_during_step(6, monkeypatch)
+    with pytest.raises(Stopped, match="stopped by SIGINT in epoch 2 after step 2"):
+        train_in_process(tiny_zips[0], tmp_path / "stopped", 2, *schedule)
+    monkeypatch.setattr(train, "train_step", real_step)
+    # The schedule's flags left out: the checkpoint's.
+    resumed = train_in_process(
+        tiny_zips[0], tmp_path / "stopped", 2, "--workers", 0, "--checkpoint", tmp_path / "stopped" / "last.pth"
+    )
+    assert (resumed["args"]["lr_schedule"], resumed["args"]["warmup_steps"]) == ("cosine", 3)
+    assert_same_weights(resumed["model"], straight["model"])
+    # 2 epochs of 4 steps: the last step ran at the rate of global step 7 of 8.
+    last_rate = learning_rate(argparse.Namespace(lr=1e-3, lr_schedule="cosine", warmup_steps=3), 7, 8)
+    assert straight["optimizer"]["param_groups"][0]["lr"] == pytest.approx(last_rate)
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == straight["optimizer"]["param_groups"][0]["lr"]
