@@ -67,19 +67,21 @@ def gradient_loss(pred, target):
 
 
 class DepthLoss(nn.Module):
-    """L = l1_weight * L1(y, y_hat) + L_grad + clip((1 - SSIM) / 2, 0, 1) on the targets y of
-    depth_range (whose value range sets the SSIM constants); computed in fp32.
+    """L = l1_weight * L1(y, y_hat) + gradient_weight * L_grad + clip((1 - SSIM) / 2, 0, 1) on the
+    targets y of depth_range (whose value range sets the SSIM constants); computed in fp32. The
+    weights default to the paper's, 0.1 and 1.
 
     mask_invalid (datasets of one's own): NaN targets mark pixels without depth. L1 leaves them
     out; the gradient and SSIM terms, which need whole images, see the prediction itself there,
     so those pixels pull the network nowhere.
     """
 
-    def __init__(self, depth_range=NYU_DEPTH_RANGE, l1_weight=0.1, mask_invalid=False):
+    def __init__(self, depth_range=NYU_DEPTH_RANGE, l1_weight=0.1, mask_invalid=False, gradient_weight=1.0):
         super().__init__()
         self.depth_range = depth_range
         self.value_range = depth_range.target_range
         self.l1_weight = l1_weight
+        self.gradient_weight = gradient_weight
         self.mask_invalid = mask_invalid
 
     def forward(self, pred, target):
@@ -91,4 +93,4 @@ class DepthLoss(nn.Module):
         else:
             l1 = (pred - target).abs().mean()
         ssim_term = ((1 - ssim(pred, target, self.value_range)) / 2).clamp(0, 1).mean()
-        return self.l1_weight * l1 + gradient_loss(pred, target) + ssim_term
+        return self.l1_weight * l1 + self.gradient_weight * gradient_loss(pred, target) + ssim_term

@@ -29,7 +29,7 @@ normalises BatchNorm over the global batch rather than each process's share.
 The first Ctrl-C (or SIGTERM, as sent by job schedulers) saves the run's state
 mid-epoch to checkpoint_dir/last.pth and prints that command; a second one quits
 at once. Settings left out when resuming (--input_size, --decoder_width, --lr,
---lr_schedule, --warmup_steps, --seed, the depth range) are the checkpoint's.
+--lr_schedule, --warmup_steps, the loss weights, --seed, the depth range) are the checkpoint's.
 
 Speed: the model and its inputs are channels_last; --precision auto (the
 default) trains under bf16 autocast on GPUs and CPUs that have bf16, fp16 with
@@ -156,6 +156,20 @@ def get_args_parser():
     add_setting(
         optional, "--warmup_steps", 0, type=int, help="steps of linear warmup for --lr_schedule cosine (default 0)"
     )
+    add_setting(
+        optional,
+        "--l1_weight",
+        0.1,
+        type=float,
+        help="weight of the loss's L1 term (default 0.1, the paper's, or the checkpoint's)",
+    )
+    add_setting(
+        optional,
+        "--gradient_weight",
+        1.0,
+        type=float,
+        help="weight of the loss's image-gradient term (default 1, the paper's, or the checkpoint's)",
+    )
     optional.add_argument("--log_interval", type=int, default=100, help="Interval to print the avg. loss and metrics")
     add_setting(
         optional,
@@ -253,6 +267,9 @@ def check_args(args):
     for flag in ("lr", "decoder_width", "depth_scale", "min_depth", "max_depth"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    for flag in ("l1_weight", "gradient_weight"):
+        if getattr(args, flag) is not None and not getattr(args, flag) >= 0:
+            raise UserError(f"--{flag} must be 0 or more, got {getattr(args, flag)}")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         raise UserError(f"--warmup_steps must be 0 or more, got {args.warmup_steps}")
     if args.workers is not None and args.workers < 0:
@@ -385,10 +402,16 @@ def parallelize(model, args, world):
 
 
 def build_learner(model, train_loader, args, world, dtype):
-    """The model with what trains it: its wrappers (parallelize), the loss for its depth range (masking
-    invalid depth for a dataset of one's own), Adam, and the gradient scaler (on for fp16 only)."""
+    """The model with what trains it: its wrappers (parallelize), the loss for its depth range with the
+    run's term weights (masking invalid depth for a dataset of one's own), Adam, and the gradient
+    scaler (on for fp16 only)."""
     train_model, eval_model = parallelize(model, args, world)
-    criterion = DepthLoss(model.depth_range, mask_invalid=train_loader.dataset.own_data)
+    criterion = DepthLoss(
+        model.depth_range,
+        l1_weight=args.l1_weight,
+        gradient_weight=args.gradient_weight,
+        mask_invalid=train_loader.dataset.own_data,
+    )
     optimizer = build_optimizer(model, args, world.device)
     # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)

@@ -65,6 +65,8 @@ def first_pair(train_zip):
         (["--lr", -0.1], "--lr must be positive"),
         (["--decoder_width", 0], "--decoder_width must be positive"),
         (["--workers", -1], "--workers must be 0 or more"),
+        (["--l1_weight", -1], "--l1_weight must be 0 or more, got -1.0"),
+        (["--gradient_weight", -0.5], "--gradient_weight must be 0 or more, got -0.5"),
         (["--max_bad_fraction", 1.5], "--max_bad_fraction must be in [0, 1)"),
         (["--log_interval", 0], "--log_interval must be at least 1"),
     ],

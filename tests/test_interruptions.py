@@ -279,3 +279,24 @@ def test_a_cosine_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_zips, t
     last_rate = learning_rate(argparse.Namespace(lr=1e-3, lr_schedule="cosine", warmup_steps=3), 7, 8)
     assert straight["optimizer"]["param_groups"][0]["lr"] == pytest.approx(last_rate)
     assert resumed["optimizer"]["param_groups"][0]["lr"] == straight["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_the_loss_weights_are_settings_of_the_run(tiny_zips, tmp_path, monkeypatch):
+    real_forward, weights_used = train.DepthLoss.forward, set()
+
+    def recording_forward(self, pred, target):
+        weights_used.add((self.l1_weight, self.gradient_weight))
+        return real_forward(self, pred, target)
+
+    monkeypatch.setattr(train.DepthLoss, "forward", recording_forward)
+    weights = ("--l1_weight", 0.5, "--gradient_weight", 0.25)
+    first = train_in_process(tiny_zips[0], tmp_path, 1, "--workers", 0, *weights)
+    assert (first["args"]["l1_weight"], first["args"]["gradient_weight"]) == (0.5, 0.25)
+    assert weights_used == {(0.5, 0.25)}
+    # Left out when resuming: the checkpoint's, not the paper's 0.1 and 1.
+    weights_used.clear()
+    train_in_process(tiny_zips[0], tmp_path, 2, "--workers", 0, "--checkpoint", tmp_path / "last.pth")
+    assert weights_used == {(0.5, 0.25)}
+    weights_used.clear()
+    train_in_process(tiny_zips[0], tmp_path / "default", 1, "--workers", 0)
+    assert weights_used == {(0.1, 1.0)}

@@ -66,3 +66,14 @@ def test_loss_gradients_flow():
     pred = torch.full_like(target, 50.0, requires_grad=True)
     DepthLoss()(pred, target).backward()
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
+def test_the_terms_weights_are_the_papers_unless_given():
+    torch.manual_seed(0)
+    target = torch.rand(2, 1, 24, 32) * 99 + 1
+    pred = target + torch.randn_like(target) * 5
+    l1, grad = (pred - target).abs().mean(), gradient_loss(pred, target)
+    ssim_term = ((1 - ssim(pred, target, 100)) / 2).clamp(0, 1).mean()
+    weighted = DepthLoss(l1_weight=0.5, gradient_weight=0.25)(pred, target)
+    assert weighted.item() == pytest.approx((0.5 * l1 + 0.25 * grad + ssim_term).item(), rel=1e-6)
+    assert DepthLoss(gradient_weight=0)(pred, target).item() == pytest.approx((0.1 * l1 + ssim_term).item(), rel=1e-6)
