@@ -76,7 +76,7 @@ class DepthLoss(nn.Module):
     so those pixels pull the network nowhere.
     """
 
-    def __init__(self, depth_range=NYU_DEPTH_RANGE, l1_weight=0.1, mask_invalid=False, gradient_weight=1.0):
+    def __init__(self, depth_range=NYU_DEPTH_RANGE, l1_weight=0.1, gradient_weight=1.0, mask_invalid=False):
         super().__init__()
         self.depth_range = depth_range
         self.value_range = depth_range.target_range

@@ -50,13 +50,19 @@ def test_gradients_and_gradient_loss_by_hand():
     assert gradient_loss(pred, torch.zeros_like(pred)).item() == pytest.approx(1.5)
 
 
-def test_loss_is_the_weighted_sum_of_its_terms():
+def noisy_pair_and_terms():
+    """A target, a noisy prediction of it, and the loss's three unweighted terms for them."""
     torch.manual_seed(0)
     target = torch.rand(2, 1, 24, 32) * 99 + 1
     pred = target + torch.randn_like(target) * 5
-    l1 = (pred - target).abs().mean()
+    l1, grad = (pred - target).abs().mean(), gradient_loss(pred, target)
     ssim_term = ((1 - ssim(pred, target, 100)) / 2).clamp(0, 1).mean()
-    expected = 0.1 * l1 + gradient_loss(pred, target) + ssim_term
+    return pred, target, (l1, grad, ssim_term)
+
+
+def test_loss_is_the_weighted_sum_of_its_terms():
+    pred, target, (l1, grad, ssim_term) = noisy_pair_and_terms()
+    expected = 0.1 * l1 + grad + ssim_term
     assert DepthLoss()(pred, target).item() == pytest.approx(expected.item(), rel=1e-6)
     assert 0 < ssim_term < 1
 
@@ -69,11 +75,7 @@ def test_loss_gradients_flow():
 
 
 def test_the_terms_weights_are_the_papers_unless_given():
-    torch.manual_seed(0)
-    target = torch.rand(2, 1, 24, 32) * 99 + 1
-    pred = target + torch.randn_like(target) * 5
-    l1, grad = (pred - target).abs().mean(), gradient_loss(pred, target)
-    ssim_term = ((1 - ssim(pred, target, 100)) / 2).clamp(0, 1).mean()
+    pred, target, (l1, grad, ssim_term) = noisy_pair_and_terms()
     weighted = DepthLoss(l1_weight=0.5, gradient_weight=0.25)(pred, target)
     assert weighted.item() == pytest.approx((0.5 * l1 + 0.25 * grad + ssim_term).item(), rel=1e-6)
     assert DepthLoss(gradient_weight=0)(pred, target).item() == pytest.approx((0.1 * l1 + ssim_term).item(), rel=1e-6)
