@@ -9,7 +9,7 @@ internet. Drop or pick a picture, or take one with the webcam: the page shows th
 its depth side by side with a colour bar in metres, the scene as coloured 3-D points to turn
 with the mouse (the NYU camera's intrinsics scaled to the picture, editable), and the files
 evaluate.py --img writes for it: the 16-bit PNG in millimetres, the .npy in metres and the .ply.
-Prediction runs with evaluate.py's device and precision choice (bf16 on a CPU that has it).
+Prediction runs with evaluate.py's device and precision choice (bf16 on a CPU where it measures faster).
 """
 
 import argparse

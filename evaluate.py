@@ -101,8 +101,8 @@ def get_args_parser():
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="autocast precision; 'auto': bf16 where the GPU or CPU has it natively, fp16 on older GPUs, "
-        "else fp32; metrics are computed in fp32 either way",
+        help="autocast precision; 'auto': bf16 on GPUs that have it and on CPUs where it measures faster, "
+        "fp16 on older GPUs, else fp32; metrics are computed in fp32 either way",
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (worth it on CUDA for large test sets)"

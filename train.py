@@ -32,8 +32,9 @@ at once. Settings left out when resuming (--input_size, --decoder_width, --lr,
 --lr_schedule, --warmup_steps, the loss weights, --seed, the depth range) are the checkpoint's.
 
 Speed: the model and its inputs are channels_last; --precision auto (the
-default) trains under bf16 autocast on GPUs and CPUs that have bf16, fp16 with
-gradient scaling on older GPUs, fp32 elsewhere; the loss is computed in fp32.
+default) trains under bf16 autocast on GPUs that have bf16 and on CPUs where a
+convolution times faster in it, fp16 with gradient scaling on older GPUs, fp32
+elsewhere; the loss is computed in fp32.
 --compile adds torch.compile (for CUDA runs; on a CPU it compiles for minutes).
 
 Each epoch ends with the metrics on the zip's test split (the evaluation
@@ -207,8 +208,8 @@ def get_args_parser():
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="autocast precision; 'auto': bf16 where the GPU or CPU has it natively, fp16 with gradient "
-        "scaling on older GPUs, else fp32",
+        help="autocast precision; 'auto': bf16 on GPUs that have it and on CPUs where it measures faster, "
+        "fp16 with gradient scaling on older GPUs, else fp32",
     )
     optional.add_argument("--compile", action="store_true", help="torch.compile the model (for CUDA runs)")
     own = parser.add_argument_group("datasets of one's own")

@@ -149,9 +149,11 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     import utils
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(utils, "cpu_bf16_speedup", lambda: 2.0)
     assert utils.choose_precision("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(utils, "cpu_bf16_speedup", lambda: 1.1)  # native, but not worth it
+    assert utils.choose_precision("auto", cpu) == torch.float32
+    monkeypatch.setattr(utils, "cpu_bf16_speedup", lambda: 0.0)  # no native bf16
     assert utils.choose_precision("auto", cpu) == torch.float32
     assert utils.choose_precision("bf16", cpu) == torch.bfloat16  # asked for explicitly: emulated, but honoured
     assert utils.choose_precision("fp16", cpu) == torch.float16
@@ -165,6 +167,32 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert utils.choose_precision("auto", cuda) == torch.bfloat16
     with pytest.raises(UserError, match="--precision must be one of"):
         utils.choose_precision("fp8", cpu)
+
+
+def test_the_cpu_bf16_speedup_is_measured_where_the_cpu_has_it(monkeypatch):
+    import utils
+
+    def timed(dtype):
+        calls.append(dtype)
+        return {torch.float32: 0.010, torch.bfloat16: 0.004}[dtype]
+
+    calls = []
+    monkeypatch.setattr(utils, "time_convolution", timed)
+    utils.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
+    assert utils.cpu_bf16_speedup() == 0.0 and calls == []  # nothing to time
+    utils.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
+    assert utils.cpu_bf16_speedup() == pytest.approx(2.5) and utils.cpu_bf16_speedup() == pytest.approx(2.5)
+    assert calls == [torch.float32, torch.bfloat16]  # timed once per process
+    utils.cpu_bf16_speedup.cache_clear()
+
+
+def test_a_convolution_times_in_both_precisions():
+    import utils
+
+    for dtype in (torch.float32, torch.bfloat16):
+        assert 0 < utils.time_convolution(dtype, repeats=2) < 5
 
 
 def test_autocast_is_off_for_fp32_and_on_otherwise():
