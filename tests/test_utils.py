@@ -188,11 +188,15 @@ def test_the_cpu_bf16_speedup_is_measured_where_the_cpu_has_it(monkeypatch):
     utils.cpu_bf16_speedup.cache_clear()
 
 
-def test_a_convolution_times_in_both_precisions():
+def test_a_convolution_times_in_both_precisions_leaving_the_random_state_alone():
     import utils
 
+    seed_everything(3)
+    expected = torch.rand(3)
+    seed_everything(3)
     for dtype in (torch.float32, torch.bfloat16):
         assert 0 < utils.time_convolution(dtype, repeats=2) < 5
+    assert torch.equal(torch.rand(3), expected)  # a run that chooses its precision after seeding starts the same
 
 
 def test_autocast_is_off_for_fp32_and_on_otherwise():
