@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline on the built-in sample data, on a 2-core CPU in 5 to 10 minutes, nothing to download but
+# The whole pipeline on the built-in sample data, on a 2-core CPU in 4 to 10 minutes, nothing to download but
 # packages: set up .venv, render the sample zips, train from scratch at a reduced size, evaluate on the
 # Eigen-format test zip beside a constant-depth baseline, and predict the depth of a picture; everything
 # lands in runs/quickstart (checkpoints, training curves and log, example pictures, depth maps, a point cloud).
