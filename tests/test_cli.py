@@ -207,6 +207,19 @@ def test_constant_baseline_script(tiny_zips, tmp_path):
     assert 0.5 < report["constant_depth_m"] < 10 and report["num_images"] == 4
 
 
+@pytest.mark.parametrize("script", ["quickstart.sh", "docs_pictures.sh"])
+def test_shell_scripts_refuse_an_unknown_argument_before_doing_anything(script, tmp_path):
+    # A copy in an empty tree: the scripts work from the folder above their own, so were the
+    # argument not refused, whatever they set up would land in tmp_path, where the test sees it.
+    (tmp_path / "scripts").mkdir()
+    copy = tmp_path / "scripts" / script
+    copy.write_text((ROOT / "scripts" / script).read_text())
+    result = subprocess.run(["bash", str(copy), "--lnog"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"scripts/{script}: unknown argument '--lnog' (the only option is --long)"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["scripts"]
+
+
 def test_compiled_runs_save_the_plain_models_weights(tiny_zips, tmp_path, monkeypatch):
     # torch.compile takes minutes on a 2-core CPU; a stand-in wrapper with the same
     # '_orig_mod' layout checks the wiring: steps go through it, checkpoints do not.
