@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate docs/sample/, the README's qualitative pictures: the quick start's model (built-in sample
 # data, not NYU) on three test pictures, its training curves and the depth of the example picture.
-# Runs the quick start first if its model is not there. With --long: the same of `quickstart.sh --long`'s
+# Runs the quick start first if its model is not there. With --long: the same for `quickstart.sh --long`'s
 # model, into docs/sample_long/ (docs/training.md shows them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
