@@ -19,13 +19,14 @@ PY=.venv/bin/python
 
 echo "== rendering the sample data into data/sample"
 # 320x240 pictures render four times faster than NYU's 640x480, and the network sees 128x96 anyway.
-$PY sample_data.py --out data/sample --train_images 800 --test_images 100 --width 320 --height 240
+TRAIN_IMAGES=800 BATCH_SIZE=8
+$PY sample_data.py --out data/sample --train_images $TRAIN_IMAGES --test_images 100 --width 320 --height 240
 
 # Not the paper's recipe, which is train.py's default: from scratch, in a few hundred steps, a warmed-up
 # rate ten times the paper's that decays to 0 learns far more (docs/training.md#the-quick-starts-recipe).
-# 800 pictures in batches of 8: 100 steps an epoch.
-echo "== training on the CPU: 96x128 input, half-width decoder, encoder from scratch, $((EPOCHS * 100)) steps"
-$PY train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir $RUN/checkpoints --epochs $EPOCHS \
+echo "== training on the CPU: 96x128 input, half-width decoder, encoder from scratch," \
+    "$((EPOCHS * TRAIN_IMAGES / BATCH_SIZE)) steps"
+$PY train.py --data_dir data/sample/nyu_data.zip --batch_size $BATCH_SIZE --checkpoint_dir $RUN/checkpoints --epochs $EPOCHS \
     --input_size 96 128 --decoder_width 0.5 --no_pretrained --lr 7e-4 --lr_schedule cosine --warmup_steps 30 \
     --log_interval 25
 
