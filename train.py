@@ -658,6 +658,7 @@ def main(args):
             seed_everything(args.seed)
             dtype = choose_precision(args.precision, world.device)
             train_loader, test_loader = build_loaders(args, world)
+        dtype = world.from_main(dtype)  # every process trains in the precision rank 0 timed
         model = build_model(args, checkpoint, world, weights)
         learner = build_learner(model, train_loader, args, world, dtype)
         progress = restore(checkpoint, learner, args, world) if checkpoint is not None else Progress()

@@ -262,6 +262,15 @@ class World:
             for tensor in tensors:
                 dist.all_reduce(tensor)
 
+    def from_main(self, value):
+        """Rank 0's `value` (picklable), on every process: for a choice made by measuring, such as
+        --precision auto's timing of bf16, which could come out differently on another process."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.control_group)
+        return box[0]
+
     def gather(self, items):
         """Every process's list of (picklable) items joined in rank order, on every process."""
         if self.size == 1:

@@ -34,9 +34,10 @@ def loopback_interface():
 
 
 class Processes:
-    """`world_size` train.py processes with torchrun's environment; their output goes to files."""
+    """`world_size` train.py processes (or `python *command`) with torchrun's environment; their
+    output goes to files."""
 
-    def __init__(self, argv, tmp_path, world_size=2):
+    def __init__(self, argv, tmp_path, world_size=2, command=("train.py",)):
         self.out_dir = tmp_path / "processes"
         self.out_dir.mkdir(exist_ok=True)
         rendezvous = tmp_path / f"rendezvous-{time.monotonic_ns()}"
@@ -55,7 +56,7 @@ class Processes:
             env = {**common, "RANK": str(rank), "LOCAL_RANK": str(rank)}
             with open(self.out_dir / f"{rank}.out", "w") as out, open(self.out_dir / f"{rank}.err", "w") as err:
                 process = subprocess.Popen(
-                    [sys.executable, "train.py", *argv],
+                    [sys.executable, *command, *argv],
                     cwd=ROOT,
                     env=env,
                     stdout=out,
@@ -181,6 +182,21 @@ def test_two_processes_take_the_step_one_process_takes_on_the_global_batch(odd_z
     assert saved["val_metrics"].keys() == one_process.keys()
     for name, value in one_process.items():
         assert saved["val_metrics"][name] == pytest.approx(value, rel=1e-5), name
+
+
+TAKE_RANK_0S_CHOICE = """
+import sys
+from utils import start_world
+with start_world("cpu", sys.argv[-1]) as world:
+    print(world.from_main(f"chosen by rank {world.rank}"), file=sys.stderr)
+"""
+
+
+def test_every_process_takes_the_choice_rank_0_made(tmp_path):
+    # As train.py does with --precision auto, whose timing of bf16 could differ between processes.
+    processes = Processes([], tmp_path, command=["-c", TAKE_RANK_0S_CHOICE])
+    assert processes.wait() == [0, 0], processes.output(0, "err") + processes.output(1, "err")
+    assert [processes.output(rank, "err") for rank in (0, 1)] == ["chosen by rank 0\n"] * 2
 
 
 def stop_argv(data, checkpoint_dir):
