@@ -71,6 +71,7 @@ from model import DenseDepth, count_parameters, model_from_checkpoint
 from protocol import evaluate_protocol
 from training import (
     LR_SCHEDULES,
+    OPTIMIZERS,
     Guards,
     Learner,
     Progress,
@@ -146,6 +147,14 @@ def get_args_parser():
         "project, or the DenseDepth authors' nyu.h5 / kitti.h5; their architecture and depth range come with them",
     )
     add_setting(optional, "--lr", 1e-4, type=float, help="Learning rate (Adam; default 1e-4, or the checkpoint's)")
+    add_setting(
+        optional,
+        "--optimizer",
+        "adam",
+        choices=OPTIMIZERS,
+        help="adam (the default, the paper's) or amsgrad: Adam's variant that never raises a weight's step "
+        "size, which the authors' Keras code trains with (Adam(amsgrad=True))",
+    )
     add_setting(
         optional,
         "--lr_schedule",
@@ -303,6 +312,11 @@ def resolve_settings(args, checkpoint, weights=None):
                     f"--{flag} {getattr(args, flag)} differs from the {value} of checkpoint {args.checkpoint}; "
                     "leave the flag out to resume with the checkpoint's"
                 )
+    if checkpoint is not None and args.optimizer != saved.get("optimizer", "adam"):
+        raise UserError(
+            f"--optimizer {args.optimizer} differs from the {saved.get('optimizer', 'adam')} of checkpoint "
+            f"{args.checkpoint}, whose optimizer state is resumed; leave the flag out"
+        )
     if not args.min_depth < args.max_depth:  # checked once both are known (a flag, the checkpoint's, the default)
         raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
     if weights is not None and args.decoder_width != weights["config"]["decoder_width"]:

@@ -20,13 +20,16 @@ from model import model_config, output_size
 from utils import GracefulStop, SharedError, autocast, rng_states, set_rng_states
 
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "amsgrad")
 
 
 def build_optimizer(model, args, device):
-    """Adam with the paper's betas at --lr (learning_rate() moves it where a schedule is asked for)."""
+    """Adam (or its AMSGrad variant, --optimizer amsgrad) with the paper's betas at --lr
+    (learning_rate() moves it where a schedule is asked for)."""
     # The fused kernel updates all parameters in one pass: a few percent of a CPU step.
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), fused=fused)
+    amsgrad = args.optimizer == "amsgrad"
+    return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), amsgrad=amsgrad, fused=fused)
 
 
 def learning_rate(args, step, total_steps):

@@ -152,7 +152,7 @@ def case_train(device_name, fast, repeats, input_size, batch_size, compile_model
     model = paper_model(device, channels_last=fast).train()
     step_model = torch.compile(model) if compile_model else model
     if fast:
-        optimizer = build_optimizer(model, argparse.Namespace(lr=1e-4), device)
+        optimizer = build_optimizer(model, argparse.Namespace(lr=1e-4, optimizer="adam"), device)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -300,3 +300,22 @@ def test_the_loss_weights_are_settings_of_the_run(tiny_zips, tmp_path, monkeypat
     weights_used.clear()
     train_in_process(tiny_zips[0], tmp_path / "default", 1, "--workers", 0)
     assert weights_used == {(0.1, 1.0)}
+
+
+def test_amsgrad_is_a_setting_of_the_run_and_resumes_to_the_same_weights(
+    straight_run, tiny_zips, tmp_path, monkeypatch
+):
+    amsgrad = ("--workers", 0, "--optimizer", "amsgrad")
+    straight = train_in_process(tiny_zips[0], tmp_path / "straight", 2, *amsgrad)
+    assert straight["optimizer"]["param_groups"][0]["amsgrad"] and "max_exp_avg_sq" in straight["optimizer"]["state"][0]
+    assert not torch.equal(straight["model"]["head.weight"], straight_run["model"]["head.weight"])
+    real_step = ctrl_c_during_step(6, monkeypatch)
+    with pytest.raises(Stopped):
+        train_in_process(tiny_zips[0], tmp_path / "stopped", 2, *amsgrad)
+    monkeypatch.setattr(train, "train_step", real_step)
+    checkpoint = tmp_path / "stopped" / "last.pth"
+    with pytest.raises(UserError, match="--optimizer adam differs from the amsgrad of checkpoint"):
+        train_in_process(tiny_zips[0], tmp_path / "stopped", 2, "--checkpoint", checkpoint, "--optimizer", "adam")
+    resumed = train_in_process(tiny_zips[0], tmp_path / "stopped", 2, "--workers", 0, "--checkpoint", checkpoint)
+    assert resumed["args"]["optimizer"] == "amsgrad"
+    assert_same_weights(resumed["model"], straight["model"])
