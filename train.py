@@ -301,22 +301,20 @@ def resolve_settings(args, checkpoint, weights=None):
         saved = {**checkpoint["args"], **model_settings(checkpoint)}
     elif weights is not None:  # a new run from a model: the model's settings only
         saved = model_settings(weights)
-    for name, default in setting_defaults(get_args_parser()).items():
+    defaults = setting_defaults(get_args_parser())
+    for name, default in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
     args.input_size = tuple(args.input_size)
     if checkpoint is not None:
-        for flag, value in model_settings(checkpoint).items():
+        # What the checkpoint's weights and optimizer state were made for.
+        fixed = {**model_settings(checkpoint), "optimizer": saved.get("optimizer", defaults["optimizer"])}
+        for flag, value in fixed.items():
             if flag != "input_size" and getattr(args, flag) != value:
                 raise UserError(
                     f"--{flag} {getattr(args, flag)} differs from the {value} of checkpoint {args.checkpoint}; "
                     "leave the flag out to resume with the checkpoint's"
                 )
-    if checkpoint is not None and args.optimizer != saved.get("optimizer", "adam"):
-        raise UserError(
-            f"--optimizer {args.optimizer} differs from the {saved.get('optimizer', 'adam')} of checkpoint "
-            f"{args.checkpoint}, whose optimizer state is resumed; leave the flag out"
-        )
     if not args.min_depth < args.max_depth:  # checked once both are known (a flag, the checkpoint's, the default)
         raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
     if weights is not None and args.decoder_width != weights["config"]["decoder_width"]:
