@@ -652,10 +652,6 @@ class EigenTestZip:
     def __len__(self):
         return self.rgb_shape[0]
 
-    @property
-    def image_size(self):
-        return tuple(self.rgb_shape[1:3])
-
     def batches(self, batch_size):
         """Yield (rgb (B, H, W, 3) uint8, depth_m (B, H, W) float32) numpy arrays, in order."""
         rgb_bytes = int(np.prod(self.rgb_shape[1:])) * self.rgb_dtype.itemsize

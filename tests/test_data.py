@@ -304,7 +304,7 @@ def test_eigen_zip_is_streamed_in_order(tmp_path, compression):
         write_npy_member(archive, "eigen_test_depth.npy", depth)
         write_npy_member(archive, "eigen_test_crop.npy", np.array([1, 6, 2, 9]))
     test_set = EigenTestZip(path)
-    assert (len(test_set), test_set.image_size, test_set.crop) == (5, (8, 12), (1, 6, 2, 9))
+    assert (len(test_set), test_set.rgb_shape[1:3], test_set.crop) == (5, (8, 12), (1, 6, 2, 9))
     batches = list(test_set.batches(2))
     assert [len(b[0]) for b in batches] == [2, 2, 1]
     assert np.array_equal(np.concatenate([b[0] for b in batches]), rgb)
