@@ -149,16 +149,24 @@ def cpu_has_native_bf16():
 
 def time_convolution(dtype, repeats=5):
     """Best-of-`repeats` seconds of one of DenseNet's 3x3 convolutions (128 to 32 channels, on a
-    60x80 map, channels_last) on the CPU, under autocast to `dtype` (float32: none)."""
+    60x80 map, channels_last) on the CPU, under autocast to `dtype` (float32: none), on one thread.
+
+    One thread, because on a busy machine the threads of one call wait for each other: with two
+    threads and other work on both cores, every repeat could take a whole time slice (16 ms
+    instead of 1 ms), and a run would time bf16 as slower than it is."""
     own_rng = torch.Generator().manual_seed(0)  # the run's random state stays untouched
     weight = torch.rand(32, 128, 3, 3, generator=own_rng).contiguous(memory_format=torch.channels_last)
     features = torch.rand(1, 128, 60, 80, generator=own_rng).contiguous(memory_format=torch.channels_last)
-    seconds = []
-    with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
-        for _ in range(repeats + 1):  # the first call compiles oneDNN's kernel
-            start = time.perf_counter()
-            torch.nn.functional.conv2d(features, weight, padding=1)
-            seconds.append(time.perf_counter() - start)
+    seconds, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+            for _ in range(repeats + 1):  # the first call compiles oneDNN's kernel
+                start = time.perf_counter()
+                torch.nn.functional.conv2d(features, weight, padding=1)
+                seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return min(seconds[1:])
 
 

@@ -194,9 +194,11 @@ def test_a_convolution_times_in_both_precisions_leaving_the_random_state_alone()
     seed_everything(3)
     expected = torch.rand(3)
     seed_everything(3)
+    threads = torch.get_num_threads()
     for dtype in (torch.float32, torch.bfloat16):
         assert 0 < utils.time_convolution(dtype, repeats=2) < 5
     assert torch.equal(torch.rand(3), expected)  # a run that chooses its precision after seeding starts the same
+    assert torch.get_num_threads() == threads  # timed on one thread, then the run's threads back
 
 
 def test_autocast_is_off_for_fp32_and_on_otherwise():
