@@ -81,6 +81,7 @@ from training import (
     last_good_checkpoint,
     make_checkpoint,
     restore,
+    run_precision,
     set_learning_rate,
     train_step,
     training_batch,
@@ -91,7 +92,6 @@ from utils import (
     SharedError,
     Stopped,
     UserError,
-    choose_precision,
     default_workers,
     ignore_stop_signals,
     load_checkpoint,
@@ -668,7 +668,7 @@ def main(args):
         with world.all_or_none():  # a file one machine lacks stops every process, reported once
             checkpoint, weights = load_start(args, world)
             seed_everything(args.seed)
-            dtype = choose_precision(args.precision, world.device)
+            dtype = run_precision(args.precision, checkpoint, world.device)
             train_loader, test_loader = build_loaders(args, world)
         dtype = world.from_main(dtype)  # every process trains in the precision rank 0 timed
         model = build_model(args, checkpoint, world, weights)

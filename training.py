@@ -17,7 +17,7 @@ from tqdm import tqdm
 from data import downsample_depth_m, resize, resize_measured_depth_m, to_unit_range
 from depth import NYU_DEPTH_RANGE, depth_m_to_target
 from model import model_config, output_size
-from utils import GracefulStop, SharedError, autocast, rng_states, set_rng_states
+from utils import GracefulStop, SharedError, autocast, choose_precision, precision_name, rng_states, set_rng_states
 
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "amsgrad")
@@ -185,6 +185,7 @@ def make_checkpoint(learner, progress, args, world, val_metrics):
         "val_metrics": val_metrics,
         "rng": rng_states(),
         "world_size": world.size,
+        "precision": {"device": learner.device.type, "name": precision_name(learner.dtype)},
         "args": {key: list(value) if isinstance(value, tuple) else value for key, value in vars(args).items()},
         "config": model_config(model, args.input_size),
         "versions": {
@@ -201,6 +202,16 @@ def last_good_checkpoint(args):
     if path.is_file():
         return f"keeping the last good checkpoint {path}"
     return "and no checkpoint had been written yet"
+
+
+def run_precision(name, checkpoint, device):
+    """The autocast dtype of a run for --precision `name`. A resumed run under 'auto' keeps the
+    precision it was saved in on the same kind of device: 'auto' times bf16 on CPUs, and a busy
+    machine can time it the other way, which would change the resumed run's arithmetic."""
+    saved = checkpoint["precision"] if checkpoint is not None else None
+    if name == "auto" and saved is not None and saved["device"] == device.type:
+        return choose_precision(saved["name"], device)
+    return choose_precision(name, device)
 
 
 def restore(checkpoint, learner, args, world):

@@ -117,6 +117,26 @@ def test_a_stop_during_validation_resumes_with_the_validation(straight_run, tiny
     assert resumed["val_metrics"] == straight_run["val_metrics"]
 
 
+def test_a_resumed_auto_run_keeps_the_precision_it_was_saved_in(tiny_zips, tmp_path, monkeypatch, capsys):
+    # 'auto' times bf16 on the CPU; a busy machine can time it the other way on the day of the resume.
+    import utils
+
+    monkeypatch.setattr(utils, "cpu_bf16_speedup", lambda: 2.0)
+    ctrl_c_during_step(2, monkeypatch)
+    with pytest.raises(Stopped):
+        train_in_process(tiny_zips[0], tmp_path, 1, "--workers", 0)
+    saved = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert saved["precision"] == {"device": "cpu", "name": "bf16"}
+    monkeypatch.setattr(utils, "cpu_bf16_speedup", lambda: 0.0)  # a fresh run would train in fp32
+    resume = ("--workers", 0, "--checkpoint", tmp_path / "last.pth")
+    assert train_in_process(tiny_zips[0], tmp_path, 1, *resume)["precision"]["name"] == "bf16"
+    assert "on cpu in bf16" in capsys.readouterr().out
+    # An explicit --precision is the user's choice, not the checkpoint's.
+    argv = run_argv(tiny_zips[0], tmp_path, 2, *resume, "--precision", "fp32")
+    train.main(train.get_args_parser().parse_args(argv))
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["precision"]["name"] == "fp32"
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_with_workers(straight_run, tiny_zips, tmp_path):
     # As a job scheduler does: SIGTERM to the main process and its DataLoader workers at once.
