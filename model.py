@@ -32,6 +32,13 @@ class Variant:
     leaky_relu_after_conv_a: bool = True  # LeakyReLU after both convs of an up block, or after the second only
     batchnorm_eps: float = 1e-5  # torchvision's; Keras' DenseNet uses 1.001e-5
     align_corners: bool = True  # decoder upsampling: corner-aligned (TF1's align_corners=True) or half-pixel
+    # How the decoder's 3x3 convolutions pad: with zeros (the paper's, the authors' weights') or by repeating the
+    # border pixels, which spares a model trained from scratch in minutes the bright dots zeros leave in its
+    # corners (docs/training.md#the-quick-starts-recipe).
+    decoder_padding: str = "zeros"
+
+
+DECODER_PADDINGS = ("zeros", "replicate")
 
 
 ENCODER_CHANNELS = 1664
@@ -54,13 +61,13 @@ class UpBlock(nn.Module):
     """Bilinear upsample to the skip's size, concatenate it, then two 3x3 convs, each followed by
     LeakyReLU(0.2) (or only the second, as in the authors' released models)."""
 
-    def __init__(self, in_channels, skip_channels, out_channels, leaky_relu_after_conv_a=True, align_corners=True):
+    def __init__(self, in_channels, skip_channels, out_channels, variant=Variant()):
         super().__init__()
-        self.conv_a = nn.Conv2d(in_channels + skip_channels, out_channels, 3, padding=1)
-        self.conv_b = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_a = decoder_conv(in_channels + skip_channels, out_channels, variant)
+        self.conv_b = decoder_conv(out_channels, out_channels, variant)
         self.act = nn.LeakyReLU(0.2)
-        self.leaky_relu_after_conv_a = leaky_relu_after_conv_a
-        self.align_corners = align_corners
+        self.leaky_relu_after_conv_a = variant.leaky_relu_after_conv_a
+        self.align_corners = variant.align_corners
 
     def forward(self, x, skip):
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=self.align_corners)
@@ -83,6 +90,8 @@ class DenseDepth(nn.Module):
         super().__init__()
         if decoder_width <= 0:
             raise ValueError(f"decoder_width must be positive, got {decoder_width}")
+        if variant.decoder_padding not in DECODER_PADDINGS:
+            raise ValueError(f"decoder_padding must be one of {DECODER_PADDINGS}, got {variant.decoder_padding!r}")
         self.decoder_width = decoder_width
         self.depth_range = depth_range
         self.variant = variant
@@ -95,12 +104,10 @@ class DenseDepth(nn.Module):
         self.bottleneck = nn.Conv2d(ENCODER_CHANNELS, channels, kernel_size=1)
         blocks = []
         for _, skip_channels in SKIP_LAYERS:
-            blocks.append(
-                UpBlock(channels, skip_channels, channels // 2, variant.leaky_relu_after_conv_a, variant.align_corners)
-            )
+            blocks.append(UpBlock(channels, skip_channels, channels // 2, variant))
             channels //= 2
         self.up_blocks = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(channels, 1, 3, padding=1)
+        self.head = decoder_conv(channels, 1, variant)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -124,6 +131,11 @@ class DenseDepth(nn.Module):
             x = block(x, skips[skip_name])
         y = self.head(x)
         return y[..., : (height + 1) // 2, : (width + 1) // 2]
+
+
+def decoder_conv(in_channels, out_channels, variant):
+    """A 3x3 convolution of the decoder, keeping the size, padded as the variant says."""
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode=variant.decoder_padding)
 
 
 def build_encoder(pretrained):

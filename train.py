@@ -67,7 +67,7 @@ from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs,
 from depth import NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
 from loss import DepthLoss
 from metrics import DepthMetrics, format_table
-from model import DenseDepth, count_parameters, model_from_checkpoint
+from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint
 from protocol import evaluate_protocol
 from training import (
     LR_SCHEDULES,
@@ -198,6 +198,14 @@ def get_args_parser():
         type=float,
         help="decoder width factor: 1.0 (the default) is the paper's model, 0.5 the original code's default",
     )
+    add_setting(
+        optional,
+        "--decoder_padding",
+        "zeros",
+        choices=DECODER_PADDINGS,
+        help="how the decoder's 3x3 convolutions pad: zeros (the default, the paper's) or replicate, repeating "
+        "the border pixels (the quick start's: no bright dots in the corners of a model trained in minutes)",
+    )
     optional.add_argument(
         "--no_pretrained",
         dest="pretrained",
@@ -317,11 +325,12 @@ def resolve_settings(args, checkpoint, weights=None):
                 )
     if not args.min_depth < args.max_depth:  # checked once both are known (a flag, the checkpoint's, the default)
         raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
-    if weights is not None and args.decoder_width != weights["config"]["decoder_width"]:
-        raise UserError(
-            f"--decoder_width {args.decoder_width} differs from the {weights['config']['decoder_width']} of "
-            f"--weights {args.weights}; leave the flag out to use the weights' model"
-        )
+    for flag in ("decoder_width", "decoder_padding"):
+        if weights is not None and getattr(args, flag) != model_settings(weights)[flag]:
+            raise UserError(
+                f"--{flag} {getattr(args, flag)} differs from the {model_settings(weights)[flag]} of "
+                f"--weights {args.weights}; leave the flag out to use the weights' model"
+            )
 
 
 def model_settings(checkpoint):
@@ -329,6 +338,7 @@ def model_settings(checkpoint):
     config = checkpoint["config"]
     return {
         "decoder_width": config["decoder_width"],
+        "decoder_padding": config.get("decoder_padding", Variant.decoder_padding),
         "input_size": config["input_size"],
         "min_depth": config["min_depth_m"],
         "max_depth": config["max_depth_m"],
@@ -389,7 +399,8 @@ def build_model(args, checkpoint, world, weights=None):
         for first_on_machine in (True, False):
             with world.all_or_none():
                 if (world.local_rank == 0) == first_on_machine:
-                    model = DenseDepth(args.decoder_width, pretrained=args.pretrained)
+                    variant = Variant(decoder_padding=args.decoder_padding)
+                    model = DenseDepth(args.decoder_width, pretrained=args.pretrained, variant=variant)
     # A new run's range, or a fine-tuning's (which may change the weights'); a resumed run's is checked equal.
     model.depth_range = DepthRange(args.min_depth, args.max_depth)
     if args.sync_bn and world.launched:
@@ -630,6 +641,12 @@ def summarize(progress, args, log):
     print(f"files in {args.checkpoint_dir}: {files}")
 
 
+def padding_note(model):
+    """', replicate-padded' for a decoder that does not pad with zeros as the paper's does; else ''."""
+    padding = model.variant.decoder_padding
+    return "" if padding == Variant.decoder_padding else f", {padding}-padded"
+
+
 def describe_run(model, train_loader, test_loader, args, world, dtype):
     processes = ""
     if world.launched:
@@ -641,7 +658,8 @@ def describe_run(model, train_loader, test_loader, args, world, dtype):
     if args.weights:
         print(f"a new run from the weights of {args.weights}: new optimizer, from epoch 1")
     print(
-        f"DenseDepth, decoder width {model.decoder_width}, {count_parameters(model) / 1e6:.2f} M parameters, "
+        f"DenseDepth, decoder width {model.decoder_width}{padding_note(model)}, "
+        f"{count_parameters(model) / 1e6:.2f} M parameters, "
         f"on {world.device} in {precision_name(dtype)}{processes}; {len(train_loader.dataset)} training pairs, "
         f"{len(test_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}, depth "
         f"{model.depth_range.min_m:g} to {model.depth_range.max_m:g} m"

@@ -16,7 +16,7 @@ from test_bad_input import assert_one_clear_line
 import evaluate
 import export
 from deploy import DepthInMetres, example_input, load_torchscript_metadata
-from model import model_from_checkpoint
+from model import DenseDepth, Variant, model_config, model_from_checkpoint
 from utils import load_checkpoint
 
 ort = pytest.importorskip("onnxruntime", reason="the deployment extras: pip install -r requirements-deploy.txt")
@@ -50,6 +50,19 @@ def test_onnxruntime_gives_pytorchs_depth_at_any_size(exported, tiny_checkpoint,
     (depth_m,) = session.run(["depth_m"], {"image": pictures.numpy()})
     expected = reference(tiny_checkpoint, pictures)
     assert depth_m.shape == (3, 1, *size)
+    assert np.abs(depth_m - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_a_replicate_padded_decoder_exports_to_onnx(tmp_path):
+    torch.manual_seed(0)
+    model = DenseDepth(0.0625, variant=Variant(decoder_padding="replicate")).eval()
+    torch.save({"model": model.state_dict(), "config": model_config(model, (64, 64)), "args": {}}, tmp_path / "r.pth")
+    argv = ["--model", tmp_path / "r.pth", "--format", "onnx", "--output", tmp_path / "r.onnx"]
+    export.main(export.get_args_parser().parse_args([str(arg) for arg in argv]))
+    session = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    pictures = example_input(SIZES[1], uint8_input=True, batch=2, seed=3)
+    (depth_m,) = session.run(["depth_m"], {"image": pictures.numpy()})
+    expected = reference(tmp_path / "r.pth", pictures)
     assert np.abs(depth_m - expected).max() <= 1e-4 * np.abs(expected).max()
 
 

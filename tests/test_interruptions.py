@@ -137,6 +137,38 @@ def test_a_resumed_auto_run_keeps_the_precision_it_was_saved_in(tiny_zips, tmp_p
     assert torch.load(tmp_path / "last.pth", weights_only=True)["precision"]["name"] == "fp32"
 
 
+def test_the_decoder_padding_is_the_checkpoints_and_cannot_change(tiny_zips, tmp_path, capsys):
+    from test_bad_input import assert_one_clear_line
+
+    from model import model_from_checkpoint
+    from utils import run_main
+
+    def status_of(argv):
+        try:
+            run_main(train.main, train.get_args_parser().parse_args(argv))
+        except SystemExit as exit:
+            return exit.code, *capsys.readouterr()
+        return 0, *capsys.readouterr()
+
+    first = run_argv(tiny_zips[0], tmp_path, 1, "--workers", 0, "--decoder_padding", "replicate")
+    status, out, err = status_of(first)
+    assert status == 0, err
+    assert "decoder width 0.0625, replicate-padded" in out
+    saved = load_checkpoint(tmp_path / "last.pth")
+    assert saved["config"]["decoder_padding"] == "replicate"
+    assert model_from_checkpoint(saved, "last.pth").head.padding_mode == "replicate"
+    resume = ("--workers", 0, "--checkpoint", tmp_path / "last.pth")
+    assert_one_clear_line(
+        status_of(run_argv(tiny_zips[0], tmp_path, 2, *resume, "--decoder_padding", "zeros")),
+        "--decoder_padding zeros differs from the replicate of checkpoint",
+    )
+    fine_tune = run_argv(tiny_zips[0], tmp_path / "new", 1, "--weights", tmp_path / "last.pth", "--decoder_padding",
+                         "zeros")  # fmt: skip
+    assert_one_clear_line(status_of(fine_tune), "--decoder_padding zeros differs from the replicate of --weights")
+    assert status_of(run_argv(tiny_zips[0], tmp_path, 2, *resume))[0] == 0  # left out: the checkpoint's
+    assert load_checkpoint(tmp_path / "last.pth")["config"]["decoder_padding"] == "replicate"
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_with_workers(straight_run, tiny_zips, tmp_path):
     # As a job scheduler does: SIGTERM to the main process and its DataLoader workers at once.

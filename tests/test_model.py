@@ -5,7 +5,7 @@ import torch
 
 from data import resize
 from depth import depth_m_to_target, target_to_depth_m
-from model import DenseDepth, WeightsUnavailableError, count_parameters
+from model import DenseDepth, Variant, WeightsUnavailableError, count_parameters
 from protocol import predict_depth_m
 
 
@@ -52,6 +52,22 @@ def test_other_sizes_are_replicate_padded_to_a_multiple_of_32_and_cropped_back()
     padded = torch.nn.functional.pad(image, (0, 26, 0, 4), mode="replicate")  # to 64 x 96
     with torch.no_grad():
         assert torch.equal(model(image), model(padded)[..., :30, :35])
+
+
+def test_replicate_padding_changes_the_borders_and_not_the_weights():
+    torch.manual_seed(0)
+    zeros = DenseDepth(0.0625).eval()
+    replicate = DenseDepth(0.0625, variant=Variant(decoder_padding="replicate")).eval()
+    replicate.load_state_dict(zeros.state_dict())  # padding holds no weights
+    for model, uniform in ((replicate, True), (zeros, False)):
+        # A constant input stays constant to the edge only where the padding repeats the border.
+        out = model.head(torch.ones(1, model.head.in_channels, 6, 8))
+        assert torch.allclose(out, out[..., 3, 4].expand_as(out)) == uniform
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(zeros(image), replicate(image))
+    with pytest.raises(ValueError, match="decoder_padding must be one of"):
+        DenseDepth(0.0625, variant=Variant(decoder_padding="reflect"))
 
 
 def test_depth_parametrisation_and_inverse():
