@@ -27,7 +27,7 @@ $PY sample_data.py --out data/sample --train_images $TRAIN_IMAGES --test_images 
 echo "== training on the CPU: 96x128 input, half-width decoder, encoder from scratch," \
     "$((EPOCHS * TRAIN_IMAGES / BATCH_SIZE)) steps"
 $PY train.py --data_dir data/sample/nyu_data.zip --batch_size $BATCH_SIZE --checkpoint_dir $RUN/checkpoints --epochs $EPOCHS \
-    --input_size 96 128 --decoder_width 0.5 --no_pretrained --lr 7e-4 --lr_schedule cosine --warmup_steps 30 \
+    --input_size 96 128 --decoder_width 0.5 --decoder_padding replicate --no_pretrained --lr 7e-4 --lr_schedule cosine --warmup_steps 30 \
     --log_interval 25
 
 echo "== evaluating the last epoch on the Eigen-format test zip"
