@@ -12,35 +12,37 @@ case "${1:-}" in
     --long) RUN=runs/quickstart_long EPOCHS=20 ;;
     *) echo "scripts/quickstart.sh: unknown argument '$1' (the only option is --long)" >&2; exit 2 ;;
 esac
-echo "== setting up .venv (PyTorch and friends, about 5 GB the first time)"
+# Each stage's heading says how long the script has run, so a slow stage shows where the minutes go.
+stage() { echo "== [$((SECONDS / 60)) min $((SECONDS % 60)) s] $*"; }
+stage "setting up .venv (PyTorch and friends, about 5 GB the first time)"
 python3 -m venv .venv
 .venv/bin/pip install --quiet -r requirements.txt
 PY=.venv/bin/python
 
-echo "== rendering the sample data into data/sample"
+stage "rendering the sample data into data/sample"
 # 320x240 pictures render four times faster than NYU's 640x480, and the network sees 128x96 anyway.
 TRAIN_IMAGES=800 BATCH_SIZE=8
 $PY sample_data.py --out data/sample --train_images $TRAIN_IMAGES --test_images 100 --width 320 --height 240
 
 # Not the paper's recipe, which is train.py's default: from scratch, in a few hundred steps, a warmed-up
 # rate ten times the paper's that decays to 0 learns far more (docs/training.md#the-quick-starts-recipe).
-echo "== training on the CPU: 96x128 input, half-width decoder, encoder from scratch," \
+stage "training on the CPU: 96x128 input, half-width decoder, encoder from scratch," \
     "$((EPOCHS * TRAIN_IMAGES / BATCH_SIZE)) steps"
 $PY train.py --data_dir data/sample/nyu_data.zip --batch_size $BATCH_SIZE --checkpoint_dir $RUN/checkpoints --epochs $EPOCHS \
     --input_size 96 128 --decoder_width 0.5 --decoder_padding replicate --no_pretrained --lr 7e-4 --lr_schedule cosine --warmup_steps 30 \
     --log_interval 25
 
-echo "== evaluating the last epoch on the Eigen-format test zip"
+stage "evaluating the last epoch on the Eigen-format test zip"
 $PY evaluate.py --model $RUN/checkpoints/last.pth --data data/sample/nyu_test.zip --output_dir $RUN
 
-echo "== for comparison: predicting the training set's mean depth everywhere"
+stage "for comparison: predicting the training set's mean depth everywhere"
 $PY scripts/constant_baseline.py --train_data data/sample/nyu_data.zip --data data/sample/nyu_test.zip --output_dir $RUN
 
-echo "== predicting the depth of a picture"
+stage "predicting the depth of a picture"
 $PY evaluate.py --model $RUN/checkpoints/last.pth --img data/sample/example.png --output_dir $RUN \
     --colorbar --side_by_side --ply
 
-echo "== done. Outputs:"
+stage "done. Outputs:"
 echo "   checkpoints      $RUN/checkpoints/best.pth, last.pth"
 echo "   training         $RUN/checkpoints/curves.png (curves), log.csv (per epoch), predictions/epoch_NNN.png"
 echo "   metrics          $RUN/metrics.json (model), $RUN/baseline_metrics.json (constant depth)"
