@@ -3,8 +3,9 @@
 On a GPU (or the CPU, found by itself), the paper's recipe:
     python train.py --data_dir nyu_data.zip --batch_size 8 --checkpoint_dir checkpoints --epochs 20
 A short CPU run from scratch on the built-in sample data, the quick start's (see sample_data.py):
-    python train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir runs/sample --epochs 2 \
-        --input_size 96 128 --decoder_width 0.5 --no_pretrained --lr 1e-3 --lr_schedule cosine --warmup_steps 30
+    python train.py --data_dir data/sample/nyu_data.zip --batch_size 8 --checkpoint_dir runs/sample --epochs 4 \
+        --input_size 96 128 --decoder_width 0.5 --decoder_padding replicate --no_pretrained --lr 7e-4 \
+        --lr_schedule cosine --warmup_steps 30
 Fine-tune a trained model (a checkpoint, or the authors' nyu.h5 / kitti.h5) on new data, as a new run:
     python train.py --data_dir my_data.zip --batch_size 8 --checkpoint_dir finetuned --epochs 5 --weights nyu.h5
 A dataset of one's own (a CSV of rgb_path,depth_path lines, or a folder with rgb/ and depth/), here
