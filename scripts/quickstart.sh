@@ -3,7 +3,7 @@
 # packages: set up .venv, render the sample zips, train from scratch at a reduced size, evaluate on the
 # Eigen-format test zip beside a constant-depth baseline, and predict the depth of a picture; everything
 # lands in runs/quickstart (checkpoints, training curves and log, example pictures, depth maps, a point cloud).
-# With --long it trains five times as long (2000 steps, about 15 minutes on a fast 2-core CPU), long enough
+# With --long it trains five times as long (2000 steps, 15 to 20 minutes on a fast 2-core CPU), long enough
 # for furniture to show, into runs/quickstart_long.
 set -euo pipefail
 cd "$(dirname "$0")/.."
