@@ -317,21 +317,23 @@ def resolve_settings(args, checkpoint, weights=None):
     args.input_size = tuple(args.input_size)
     if checkpoint is not None:
         # What the checkpoint's weights and optimizer state were made for.
-        fixed = {**model_settings(checkpoint), "optimizer": saved.get("optimizer", defaults["optimizer"])}
-        for flag, value in fixed.items():
-            if flag != "input_size" and getattr(args, flag) != value:
-                raise UserError(
-                    f"--{flag} {getattr(args, flag)} differs from the {value} of checkpoint {args.checkpoint}; "
-                    "leave the flag out to resume with the checkpoint's"
-                )
+        fixed = {flag: value for flag, value in model_settings(checkpoint).items() if flag != "input_size"}
+        fixed["optimizer"] = saved.get("optimizer", defaults["optimizer"])
+        resume_advice = "leave the flag out to resume with the checkpoint's"
+        refuse_changes(args, fixed, f"checkpoint {args.checkpoint}", resume_advice)
     if not args.min_depth < args.max_depth:  # checked once both are known (a flag, the checkpoint's, the default)
         raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
-    for flag in ("decoder_width", "decoder_padding"):
-        if weights is not None and getattr(args, flag) != model_settings(weights)[flag]:
-            raise UserError(
-                f"--{flag} {getattr(args, flag)} differs from the {model_settings(weights)[flag]} of "
-                f"--weights {args.weights}; leave the flag out to use the weights' model"
-            )
+    if weights is not None:  # what the weights' layers were made for
+        made_for = model_settings(weights)
+        fixed = {flag: made_for[flag] for flag in ("decoder_width", "decoder_padding")}
+        refuse_changes(args, fixed, f"--weights {args.weights}", "leave the flag out to use the weights' model")
+
+
+def refuse_changes(args, fixed, source, advice):
+    """Stop with a UserError naming the first flag set to other than what `source` was made with."""
+    for flag, value in fixed.items():
+        if getattr(args, flag) != value:
+            raise UserError(f"--{flag} {getattr(args, flag)} differs from the {value} of {source}; {advice}")
 
 
 def model_settings(checkpoint):
