@@ -28,7 +28,7 @@ from PIL import Image
 
 from data import NYU_INTRINSICS, scaled_intrinsics
 from inference import depth_of_pictures, load_model, picture_outputs
-from utils import PRECISIONS, UserError, choose_device, choose_precision, run_main
+from utils import DEVICE_HELP, PRECISIONS, UserError, choose_device, choose_precision, run_main
 from visualize import backproject
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent / "runs/quickstart/checkpoints/last.pth"
@@ -45,7 +45,7 @@ def get_args_parser():
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', ...")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as evaluate.py's --precision")
     parser.add_argument("--no_flip", dest="flip", action="store_false", help="skip the mirror-image averaging")
     return parser

@@ -37,6 +37,7 @@ from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size,
 from metrics import AGGREGATIONS, DepthMetrics, format_table
 from protocol import CROPS, crop, eigen_batches, evaluate_protocol, predict_depth_m, resolve_crop
 from utils import (
+    DEVICE_HELP,
     PRECISIONS,
     UserError,
     autocast,
@@ -81,9 +82,7 @@ def get_args_parser():
     )
     parser.add_argument("--batch_size", type=int, default=4, help="Batch size to process the test data (or pictures)")
     parser.add_argument("--output_dir", default="results", help="Directory to save output depth images")
-    parser.add_argument(
-        "--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
-    )
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--aggregation",
         choices=AGGREGATIONS,

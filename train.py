@@ -88,6 +88,7 @@ from training import (
     training_batch,
 )
 from utils import (
+    DEVICE_HELP,
     PRECISIONS,
     GracefulStop,
     SharedError,
@@ -216,9 +217,7 @@ def get_args_parser():
     optional.add_argument(
         "--workers", type=int, help="DataLoader workers (default: a few per GPU, half the cores on a CPU)"
     )
-    optional.add_argument(
-        "--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
-    )
+    optional.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_setting(
         optional, "--seed", 0, type=int, help="random seed for initialisation, shuffling and augmentation (default 0)"
     )

@@ -116,6 +116,9 @@ def ignore_stop_signals(worker_id=None):
         signal.signal(number, signal.SIG_IGN)
 
 
+DEVICE_HELP = "'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."  # for every script's --device
+
+
 def choose_device(name="auto"):
     """'auto' picks CUDA when present, else the CPU; anything else is passed to torch.device."""
     if name == "auto":

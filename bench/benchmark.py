@@ -56,7 +56,7 @@ from metrics import DepthMetrics
 from model import DenseDepth, model_config, output_size
 from protocol import crop, eigen_batches, evaluate_protocol, predict_depth_m
 from training import build_optimizer, train_step, training_batch
-from utils import autocast, choose_device, choose_precision, cpu_bf16_speedup, precision_name, write_bytes
+from utils import DEVICE_HELP, autocast, choose_device, choose_precision, cpu_bf16_speedup, precision_name, write_bytes
 
 
 def get_args_parser():
@@ -67,7 +67,7 @@ def get_args_parser():
         help="folder with nyu_data.zip and nyu_test.zip, rendered there at NYU's 640x480 if missing (the quick "
         "start's data/sample is 320x240)",
     )
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--checkpoint",
         help="trained weights for the evaluation and accuracy rows (default: the quick start's last.pth "
