@@ -5,27 +5,28 @@ With d the ground truth and p the prediction (metres) over valid pixels
   delta_k  fraction with max(d/p, p/d) < 1.25^k      abs_rel  mean(|d - p| / d)
   sq_rel   mean((d - p)^2 / d)                          rms      sqrt(mean((d - p)^2))
   rms_log  sqrt(mean((ln d - ln p)^2))                  log10    mean(|log10 d - log10 p|)
+  silog    100 sqrt(mean(e^2) - mean(e)^2), e = ln p - ln d   (scale-invariant log error, BTS's form)
 
 Two aggregations are kept side by side:
   per_image  each metric computed per image, then averaged over images
              (the DenseDepth paper's figures, BTS, AdaBins, ZoeDepth);
   pooled     all valid pixels of the test set pooled into one set
              (DenseDepth's released evaluation code).
-They differ only for rms and rms_log.
+They differ for every metric unless all images have the same number of valid pixels, and most
+for rms, rms_log and silog, which take a root (tests/test_metrics.py shows both).
 """
 
 import math
 
 import torch
 
-METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rms", "log10", "sq_rel", "rms_log")
+METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rms", "log10", "sq_rel", "rms_log", "silog")
 AGGREGATIONS = ("per_image", "pooled")
 README_COLUMNS = METRIC_NAMES[:6]  # the README's tables: delta1 delta2 delta3 rel rms log10
 COLUMN_TITLES = {"abs_rel": "rel"}  # as the README's tables head it
-LOWER_IS_BETTER = {"abs_rel", "rms", "log10", "sq_rel", "rms_log"}
-# Per-pixel terms summed over valid pixels; rms and rms_log take a root at the end.
-_TERMS = ("delta1", "delta2", "delta3", "abs_rel", "sq_err", "log10", "sq_rel", "sq_log_err")
-_ROOTED = {"sq_err": "rms", "sq_log_err": "rms_log"}
+LOWER_IS_BETTER = {"abs_rel", "rms", "log10", "sq_rel", "rms_log", "silog"}
+# Per-pixel terms summed over valid pixels; rms, rms_log and silog are finished from their means.
+_TERMS = ("delta1", "delta2", "delta3", "abs_rel", "sq_err", "log10", "sq_rel", "sq_log_err", "log_err")
 
 
 def pixel_terms(pred_m, gt_m):
@@ -42,17 +43,20 @@ def pixel_terms(pred_m, gt_m):
             (torch.log10(gt_m) - torch.log10(pred_m)).abs(),
             diff**2 / gt_m,
             (torch.log(gt_m) - torch.log(pred_m)) ** 2,
+            torch.log(pred_m) - torch.log(gt_m),
         ],
         dim=-1,
     )
 
 
 def _finish(term_means):
-    """Turn means of the _TERMS into metrics (taking the roots); works on any leading shape."""
-    values = {}
-    for index, term in enumerate(_TERMS):
-        mean = term_means[..., index]
-        values[_ROOTED.get(term, term)] = mean.sqrt() if term in _ROOTED else mean
+    """Turn means of the _TERMS into the METRIC_NAMES (taking the roots); works on any leading shape."""
+    mean = dict(zip(_TERMS, term_means.unbind(-1)))
+    values = {name: mean[name] for name in ("delta1", "delta2", "delta3", "abs_rel", "log10", "sq_rel")}
+    values["rms"] = mean["sq_err"].sqrt()
+    values["rms_log"] = mean["sq_log_err"].sqrt()
+    # mean(e^2) - mean(e)^2 is a variance: rounding can take it a hair below 0.
+    values["silog"] = 100 * (mean["sq_log_err"] - mean["log_err"] ** 2).clamp(min=0).sqrt()
     return values
 
 
@@ -63,8 +67,11 @@ class DepthMetrics:
     float64; compute() brings them to the CPU.
     """
 
-    def __init__(self, max_depth_m=None):
-        self.max_depth_m = max_depth_m  # ground truth beyond it is left out (KITTI's 80 m cap), if given
+    def __init__(self, max_depth_m=None, gt_range_m=None):
+        self.max_depth_m = max_depth_m  # ground truth beyond it is left out, if given (datasets of one's own)
+        # (low, high): only ground truth with low < d < high counts, both ends open, as KITTI's protocols
+        # (monodepth2, BTS: 1e-3 < d < 80 m)
+        self.gt_range_m = gt_range_m
         self.reset()
 
     def reset(self):
@@ -84,6 +91,8 @@ class DepthMetrics:
         valid = torch.isfinite(gt_m) & (gt_m > 0)
         if self.max_depth_m is not None:
             valid &= gt_m <= self.max_depth_m
+        if self.gt_range_m is not None:
+            valid &= (gt_m > self.gt_range_m[0]) & (gt_m < self.gt_range_m[1])
         terms = pixel_terms(torch.where(valid, pred_m, 1.0), torch.where(valid, gt_m, 1.0))
         sums_per_image = (terms * valid.unsqueeze(-1)).sum(dim=1)  # (N, terms)
         pixels_per_image = valid.sum(dim=1)
@@ -138,7 +147,7 @@ class DepthMetrics:
 
 def format_table(values, markdown=False):
     """Metrics as a two-line table (titles, values) in the README's column order (delta1 delta2
-    delta3 rel rms log10), then sq_rel and rms_log; as Markdown, only the README's six columns, each
+    delta3 rel rms log10), then sq_rel, rms_log and silog; as Markdown, only the README's six columns, each
     title with its better direction, ready to paste into a README."""
     names = [name for name in (README_COLUMNS if markdown else METRIC_NAMES) if name in values]
     titles = [COLUMN_TITLES.get(name, name) for name in names]

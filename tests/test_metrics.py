@@ -75,7 +75,29 @@ def test_crop_keeps_both_ends():
 def test_table_lists_the_seed_columns_first():
     values = dict.fromkeys(METRIC_NAMES, 0.5)
     header = format_table(values).splitlines()[0].split()
-    assert header == ["delta1", "delta2", "delta3", "rel", "rms", "log10", "sq_rel", "rms_log"]
+    assert header == ["delta1", "delta2", "delta3", "rel", "rms", "log10", "sq_rel", "rms_log", "silog"]
     markdown = format_table(values, markdown=True).splitlines()
     assert markdown[0] == "| delta1 ↑ | delta2 ↑ | delta3 ↑ | rel ↓ | rms ↓ | log10 ↓ |"
     assert markdown[2] == "| 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |"
+
+
+def test_silog_by_hand_and_blind_to_scale():
+    gt = torch.tensor([[1.0, 2.0, 4.0, 8.0]])
+    pred = torch.tensor([[1.0, 4.0, 4.0, 4.0]])  # e = ln p - ln d = 0, ln 2, 0, -ln 2
+    metrics = DepthMetrics()
+    metrics.update(pred, gt)
+    e = torch.tensor([0.0, math.log(2), 0.0, -math.log(2)], dtype=torch.float64)
+    expected = 100 * math.sqrt((e**2).mean() - e.mean() ** 2)
+    assert metrics.compute("pooled")["silog"] == pytest.approx(expected)
+    scaled = DepthMetrics()
+    scaled.update(pred * 3, gt)  # a global scale changes every e by ln 3: silog stays, rms_log does not
+    assert scaled.compute()["silog"] == pytest.approx(expected)
+    assert scaled.compute()["rms_log"] > metrics.compute()["rms_log"]
+
+
+def test_ground_truth_range_leaves_out_both_ends_as_kitti_does():
+    gt = torch.tensor([[0.0, 0.0009, 5.0, 80.0, 90.0]])
+    metrics = DepthMetrics(gt_range_m=(1e-3, 80.0))
+    metrics.update(torch.full_like(gt, 5.0), gt)
+    summary = metrics.summary()
+    assert summary["num_valid_pixels"] == 1 and summary["per_image"]["delta1"] == 1.0
