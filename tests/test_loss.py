@@ -79,3 +79,37 @@ def test_the_terms_weights_are_the_papers_unless_given():
     weighted = DepthLoss(l1_weight=0.5, gradient_weight=0.25)(pred, target)
     assert weighted.item() == pytest.approx((0.5 * l1 + 0.25 * grad + ssim_term).item(), rel=1e-6)
     assert DepthLoss(gradient_weight=0)(pred, target).item() == pytest.approx((0.1 * l1 + ssim_term).item(), rel=1e-6)
+
+
+def test_sparse_loss_gives_no_gradient_where_nothing_was_measured():
+    torch.manual_seed(1)
+    target = torch.rand(2, 1, 32, 40) * 99 + 1
+    missing = torch.rand_like(target) < 0.9
+    pred = (target + torch.randn_like(target) * 5).requires_grad_()
+    loss = DepthLoss(mask_invalid=True)(pred, target.masked_fill(missing, float("nan")))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert (pred.grad[missing] == 0).all()  # exactly: no term sees an unmeasured pixel
+    assert (pred.grad[~missing] != 0).float().mean() > 0.9
+
+
+def test_sparse_loss_with_everything_measured_is_the_dense_loss():
+    pred, target, _ = noisy_pair_and_terms()
+    for weights in ({}, {"l1_weight": 0.5, "gradient_weight": 0.25}):
+        dense, masked = DepthLoss(**weights)(pred, target), DepthLoss(mask_invalid=True, **weights)(pred, target)
+        assert masked.item() == pytest.approx(dense.item(), abs=1e-6)
+
+
+def test_sparse_terms_see_only_measured_neighbours_and_windows():
+    """A prediction that is right at every measured pixel and wild elsewhere costs nothing."""
+    torch.manual_seed(2)
+    target = torch.rand(1, 1, 24, 24) * 99 + 1
+    missing = torch.zeros_like(target, dtype=torch.bool)
+    missing[..., ::3, :] = True
+    missing[..., :, 5:9] = True
+    pred = torch.where(missing, torch.rand_like(target) * 1000, target)
+    assert DepthLoss(mask_invalid=True)(pred, target.masked_fill(missing, float("nan"))).item() == pytest.approx(
+        0.0, abs=1e-5
+    )
+    everything_missing = torch.full_like(target, float("nan"))
+    assert DepthLoss(mask_invalid=True)(pred, everything_missing).item() == 0.0
