@@ -10,12 +10,18 @@ millimetres and .npy in metres, and on request side by side and as point clouds:
 
 The authors' published Keras models work as they are (see convert_weights.py):
     python evaluate.py --model nyu.h5 --data nyu_test.zip --aggregation pooled
+KITTI's Eigen split from KITTI's own files (docs/kitti.md): a BTS or monodepth2 list, the raw drives, and
+ground truth from the depth benchmark's annotated PNGs or, without --kitti_depth, projected from the Velodyne:
+    python evaluate.py --model kitti.h5 --data eigen_test_files_with_gt.txt --kitti_raw kitti_raw \
+        --kitti_depth data_depth_annotated
 
 The protocol: each picture is resized to the network's input size (the one it
-was trained at, stored in the checkpoint), predicted together with its mirror
+was trained at, stored in the checkpoint; at another aspect ratio, that ratio at
+about the trained area, as for --img), predicted together with its mirror
 image, both converted to metres (clipped to the model's depth range, [0.1, 10] m
 for NYU), upsampled to the ground truth's size and averaged; the metrics are taken
-inside the Eigen crop over ground-truth pixels that are finite and > 0.
+inside the Eigen crop over ground-truth pixels that are finite and > 0 (KITTI: inside
+Garg's crop, over ground truth with 1e-3 < d < 80 m).
 """
 
 import argparse
@@ -33,9 +39,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data import DEPTH_SCALE_HELP, EigenTestZip, FailedSample, NYUDepthDataset, is_rgbd_dataset, open_rgbd_pairs
-from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs  # noqa: F401
+from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs
+from kitti import KITTI_GT_RANGE_M, VELODYNE_DEPTHS, KittiDataset, is_kitti_list
 from metrics import AGGREGATIONS, DepthMetrics, format_table
-from protocol import CROPS, crop, eigen_batches, evaluate_protocol, predict_depth_m, resolve_crop
+from protocol import CROPS, crop, eigen_batches, evaluate_protocol, kb_crop_box, predict_depth_m, resolve_crop
 from utils import (
     DEVICE_HELP,
     PRECISIONS,
@@ -71,8 +78,9 @@ def get_args_parser():
     )
     parser.add_argument(
         "--data",
-        help="Test data zip path (if evaluation on test data): nyu_test.zip, or a dataset of one's own (a CSV of "
-        "rgb_path,depth_path lines, or a folder with rgb/ and depth/)",
+        help="Test data zip path (if evaluation on test data): nyu_test.zip; a KITTI split list (BTS's "
+        "eigen_test_files_with_gt.txt or monodepth2's test_files.txt, with --kitti_raw); or a dataset of one's own "
+        "(a CSV of rgb_path,depth_path lines, or a folder with rgb/ and depth/)",
     )
     parser.add_argument(
         "--img",
@@ -119,9 +127,32 @@ def get_args_parser():
         "--crop",
         choices=CROPS,
         help="where the metrics are taken: eigen (NYU's), garg or eigen_kitti (KITTI's, as fractions of the "
-        "size), none; default: the crop nyu_test.zip holds, none for a dataset of one's own",
+        "size), none; default: the crop nyu_test.zip holds, garg for KITTI, none for a dataset of one's own",
     )
     test_data.add_argument("--depth_scale", type=float, help=DEPTH_SCALE_HELP)
+    kitti = parser.add_argument_group("with --data a KITTI split list (docs/kitti.md)")
+    kitti.add_argument(
+        "--kitti_raw",
+        help="KITTI's raw drives as unzipped: DATE/calib_*.txt, DATE/DRIVE/image_02/data, velodyne_points",
+    )
+    kitti.add_argument(
+        "--kitti_depth",
+        help="ground truth from KITTI's annotated depth (data_depth_annotated: train/ and val/, or merged), as "
+        "BTS, AdaBins and monodepth2's eigen_benchmark; default: projected from the Velodyne, as monodepth2's eigen",
+    )
+    kitti.add_argument(
+        "--velodyne_depth",
+        choices=VELODYNE_DEPTHS,
+        default="velodyne",
+        help="depth a projected Velodyne point writes: the scanner's forward distance x (default, the legacy "
+        "convention of the Eigen split's ground truth, monodepth2's) or the camera's z",
+    )
+    kitti.add_argument(
+        "--kb_crop",
+        action="store_true",
+        help="predict on the benchmark's 352x1216 crop (top = H - 352, left = (W - 1216) // 2) and score it in the "
+        "full frame's crop, as BTS and AdaBins do",
+    )
     pictures = parser.add_argument_group("with --img")
     pictures.add_argument("--colorbar", action="store_true", help="draw a colour bar in metres beside the depth")
     pictures.add_argument(
@@ -162,6 +193,10 @@ def check_args(args):
         raise UserError(f"--depth_scale must be positive (units per metre), got {args.depth_scale}")
     if args.depth_scale is not None and not (args.data and is_rgbd_dataset(args.data)):
         raise UserError("--depth_scale is for --data of one's own (a CSV or rgb/ + depth/ folders)")
+    kitti = args.data is not None and is_kitti_list(args.data)
+    for flag in ("kitti_raw", "kitti_depth", "kb_crop"):
+        if getattr(args, flag) and not kitti:
+            raise UserError(f"--{flag} is for --data a KITTI split list (BTS's or monodepth2's .txt)")
     if args.intrinsics is not None and not (args.intrinsics[0] > 0 and args.intrinsics[1] > 0):
         raise UserError(f"--intrinsics FX and FY must be positive, got {args.intrinsics[:2]}")
 
@@ -200,6 +235,61 @@ def evaluate_pairs(model, input_size, args, device, dtype):
     if examples.picked:
         folder = save_examples(model, examples.picked, input_size, crop_name, device, dtype, args, cap)
         print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
+
+
+def evaluate_kitti(model, dataset, input_size, args, device, dtype):
+    """A KITTI split list (a KittiDataset) by KITTI's protocol: Garg's crop unless --crop says otherwise,
+    ground truth 1e-3 < d < 80 m, both aggregations; frames without ground truth are counted and left out."""
+    print(
+        f"{args.data}: {dataset.describe_counts()}, ground truth from the "
+        + ("annotated depth" if dataset.source == "annotated" else f"Velodyne ({args.velodyne_depth} depth)")
+    )
+    workers = min(default_workers(device), len(dataset) - 1)
+    loaded = DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=ignore_stop_signals)
+    examples = ExamplePicker(len(dataset), args.num_examples)
+    crop_name = args.crop or "garg"
+    batches = pair_batches(loaded, args.batch_size)
+    if args.kb_crop:  # the crop's box is the full frame's; what lies outside it is masked before cropping
+        batches, crop_name = kb_cropped(batches, crop_name), "none"
+    with tqdm(total=len(dataset), unit="frame", desc="evaluating", leave=False) as bar:
+        metrics = evaluate_protocol(
+            model, counted(examples.pick(batches), bar), input_size, crop_name, device, dtype, args.flip,
+            progress_bar=False, gt_range_m=KITTI_GT_RANGE_M,
+        )  # fmt: skip
+    low, high = KITTI_GT_RANGE_M
+    where = f"{args.crop or 'garg'} crop" + (" of the full frame, predicted on the KB crop" if args.kb_crop else "")
+    label = f"{where}, ground truth {low:g} < d < {high:g} m"
+    report_metrics(
+        metrics, label, args, input_size, device, dtype, crop=args.crop or "garg", kb_crop=args.kb_crop,
+        gt_range_m=list(KITTI_GT_RANGE_M), ground_truth=dataset.source, frames_listed=dataset.num_listed,
+        frames_without_gt=dataset.num_without_gt, frames=dataset.describe_counts(),
+    )  # fmt: skip
+    if examples.picked:
+        folder = save_examples(model, examples.picked, input_size, crop_name, device, dtype, args,
+                               gt_range_m=KITTI_GT_RANGE_M)  # fmt: skip
+        print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
+
+
+def counted(batches, bar):
+    """The batches, each counted on the progress bar in pictures once it has been used."""
+    for images, depth_m in batches:
+        yield images, depth_m
+        bar.update(len(images))
+
+
+def kb_cropped(batches, crop_name):
+    """Batches cut to the KITTI benchmark crop, their ground truth NaN outside the full frame's named crop:
+    scored with no further crop, that is BTS's prediction pasted into the full frame and scored there."""
+    for images, depth_m in batches:
+        height, width = images.shape[-2:]
+        try:
+            top, bottom, left, right = kb_crop_box(height, width)
+        except ValueError as err:
+            raise UserError(f"--kb_crop: {err}") from err
+        outside = torch.ones(depth_m.shape[-2:], dtype=torch.bool)
+        crop(outside, resolve_crop(crop_name, height, width)).fill_(False)
+        depth_m = depth_m.masked_fill(outside, torch.nan)
+        yield images[..., top : bottom + 1, left : right + 1], depth_m[..., top : bottom + 1, left : right + 1]
 
 
 def pair_batches(loaded, batch_size):
@@ -242,7 +332,8 @@ def report_metrics(metrics, crop_label, args, input_size, device, dtype, **setti
         print(format_table(summary[args.aggregation], markdown=True))
     if summary["num_invalid_pixels"]:
         left_out = summary["num_invalid_pixels"]
-        print(f"{left_out} ground-truth pixels inside the crop were not finite and > 0 and were left out")
+        why = "had no measurement in range" if "gt_range_m" in settings else "were not finite and > 0"
+        print(f"{left_out} ground-truth pixels inside the crop {why} and were left out")
     report = {
         "model": str(args.model),
         "data": str(args.data),
@@ -273,16 +364,17 @@ class ExamplePicker:
             yield images, depth_m
 
 
-def save_examples(model, picked, input_size, crop_spec, device, dtype, args, max_depth_m=None):
+def save_examples(model, picked, input_size, crop_spec, device, dtype, args, max_depth_m=None, gt_range_m=None):
     """Predict the picked test pictures by the protocol and write, per picture, its four tiles
     (NNNN_input/_gt/_pred/_error.png) and a titled panel of them (NNNN.png)."""
     folder = Path(args.output_dir) / "examples"
     for index, image, gt_m in picked:
+        size = network_size(image.shape[-2:], input_size)
         with torch.inference_mode(), autocast(device, dtype):
-            pred_m = predict_depth_m(model, image[None].to(device), input_size, gt_m.shape[-2:], args.flip)
+            pred_m = predict_depth_m(model, image[None].to(device), size, gt_m.shape[-2:], args.flip)
         pred_m = pred_m.float().cpu()
         crop_box = resolve_crop(crop_spec, *gt_m.shape[-2:])
-        metrics = DepthMetrics(max_depth_m)
+        metrics = DepthMetrics(max_depth_m, gt_range_m)
         metrics.update(crop(pred_m, crop_box), crop(gt_m[None], crop_box))
         scores = metrics.compute()
         gt_m, pred_m = gt_m[0].numpy(), pred_m[0, 0].numpy()
@@ -461,13 +553,18 @@ def report_pictures(written, failures, num_pictures, args):
 def main(args):
     check_args(args)
     pictures = find_pictures(args.img, args.output_dir) if args.img else None  # before the model loads
+    kitti = args.data is not None and is_kitti_list(args.data)
+    if kitti:  # its files checked before the model loads, too
+        kitti_set = KittiDataset(args.data, args.kitti_raw, args.kitti_depth, velodyne_depth=args.velodyne_depth)
     writable_dir(args.output_dir, "--output_dir")
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
     model, input_size = load_model(args.model, device)
     if args.compile and isinstance(model, torch.nn.Module):
         model = torch.compile(model)
-    if args.data is not None and is_rgbd_dataset(args.data):
+    if kitti:
+        evaluate_kitti(model, kitti_set, input_size, args, device, dtype)
+    elif args.data is not None and is_rgbd_dataset(args.data):
         evaluate_pairs(model, input_size, args, device, dtype)
     elif args.data is not None:
         evaluate_zip(model, input_size, args, device, dtype)

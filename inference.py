@@ -7,7 +7,6 @@ was trained at; picture_outputs makes the files written for a picture (colour ma
 """
 
 import io
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ import torch
 from data import encode_picture, encode_test_depth_png, scaled_intrinsics
 from deploy import OnnxDepthModel
 from depth import NYU_DEPTH_RANGE
-from model import SIZE_MULTIPLE, model_from_checkpoint
-from protocol import predict_depth_m
+from model import model_from_checkpoint
+from protocol import network_size, predict_depth_m
 from utils import autocast
 from visualize import backproject, depth_picture, ply_bytes, png_bytes, side_by_side
 from weights import describe, is_keras_file, load_weights
@@ -36,12 +35,6 @@ def load_model(path, device):
         print(describe(checkpoint))
     model = model_from_checkpoint(checkpoint, path)
     return model.to(device, memory_format=torch.channels_last).eval(), tuple(checkpoint["config"]["input_size"])
-
-
-def network_size(picture_size, trained_size):
-    """An input size with the picture's aspect ratio, about the trained area, sides multiples of 32."""
-    scale = math.sqrt(trained_size[0] * trained_size[1] / (picture_size[0] * picture_size[1]))
-    return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in picture_size)
 
 
 def depth_of_pictures(model, images, input_size, device, dtype, flip=True):

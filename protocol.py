@@ -1,11 +1,14 @@
 """The DenseDepth evaluation protocol, used alike by training's validation, evaluate.py and the benchmark.
 
-Each picture is resized to the network's input size (the one it was trained at) and
-predicted together with its mirror image in the same batch; both predictions are
+Each picture is resized to the network's size for it (network_size: the trained size for a
+picture of the trained aspect ratio, else the picture's aspect ratio at about the trained area,
+the same rule as the depth of any picture) and predicted together with its mirror image in the same batch; both predictions are
 converted to metres (clipped to the model's depth range), upsampled bilinearly to the
 ground truth's size and averaged. The metrics (metrics.py) are taken inside a crop (NYU's
 Eigen crop by default, or KITTI's) over ground-truth pixels that are finite and > 0.
 """
+
+import math
 
 import torch
 from tqdm import tqdm
@@ -13,7 +16,19 @@ from tqdm import tqdm
 from data import EIGEN_CROP_NYU, NYU_SIZE, resize, to_unit_range
 from depth import target_to_depth_m
 from metrics import DepthMetrics
+from model import SIZE_MULTIPLE
 from utils import autocast
+
+
+def network_size(picture_size, trained_size):
+    """The network's input size for a picture of picture_size (H, W): the trained size itself for a
+    picture of the trained aspect ratio; else the picture's aspect ratio at about the trained area,
+    sides multiples of 32. evaluate.py --img, --data and the demo all predict at this size, so the
+    depth written for a picture is the depth scored for it."""
+    if picture_size[0] * trained_size[1] == picture_size[1] * trained_size[0]:
+        return tuple(trained_size)
+    scale = math.sqrt(trained_size[0] * trained_size[1] / (picture_size[0] * picture_size[1]))
+    return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in picture_size)
 
 
 def predict_depth_m(model, images, input_size, out_size, flip=True, channels_last=True, depth_range=None):
@@ -46,6 +61,8 @@ def predict_depth_m(model, images, input_size, out_size, flip=True, channels_las
 
 # Crops of the evaluation protocols, as [top, bottom, left, right] rows and columns, both ends inclusive.
 CROPS = ("eigen", "garg", "eigen_kitti", "none")
+# The KITTI benchmark's crop of BTS and AdaBins (--kb_crop): the bottom 352 rows, the middle 1216 columns.
+KB_CROP_SIZE = (352, 1216)
 # KITTI's, as fractions of the picture's height and width (Garg et al. 2016; Eigen et al. 2014).
 _KITTI_CROP_FRACTIONS = {
     "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
@@ -76,6 +93,14 @@ def scaled_eigen_crop(height, width):
     )
 
 
+def kb_crop_box(height, width):
+    """The KITTI benchmark crop of a height x width frame, as a box: top = H - 352, left = (W - 1216) // 2."""
+    top, left = height - KB_CROP_SIZE[0], (width - KB_CROP_SIZE[1]) // 2
+    if top < 0 or left < 0:
+        raise ValueError(f"a {width}x{height} frame is smaller than the benchmark crop's 1216x352")
+    return (top, height - 1, left, left + KB_CROP_SIZE[1] - 1)
+
+
 def crop(tensor, crop_box):
     """Keep rows top..bottom and columns left..right (both ends inclusive) of (..., H, W)."""
     top, bottom, left, right = crop_box
@@ -95,22 +120,25 @@ def evaluate_protocol(
     progress_bar=True,
     depth_range=None,
     max_depth_m=None,
+    gt_range_m=None,
 ):
     """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W)) batches.
 
     The network runs under autocast to `dtype`; the metrics are computed in fp32 and
     streamed, so memory does not grow with the number of images. crop_box: a box, a crop's
-    name (data.CROPS) or None for the Eigen crop, each for the ground truth's size (resolve_crop);
-    depth_range None: the model's own; max_depth_m: the metrics' cap on the ground truth, if any.
+    name (CROPS) or None for the Eigen crop, each for the ground truth's size (resolve_crop);
+    the network runs at network_size(picture, input_size); depth_range None: the model's own;
+    max_depth_m, gt_range_m: the metrics' bounds on the ground truth, if any (metrics.DepthMetrics).
     """
-    metrics = DepthMetrics(max_depth_m)
+    metrics = DepthMetrics(max_depth_m, gt_range_m)
     model.eval()
     with torch.inference_mode():
         bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress_bar)
         for images, depth_m in bar:
             images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
             with autocast(device, dtype):
-                pred_m = predict_depth_m(model, images, input_size, depth_m.shape[-2:], flip, depth_range=depth_range)
+                size = network_size(images.shape[-2:], input_size)
+                pred_m = predict_depth_m(model, images, size, depth_m.shape[-2:], flip, depth_range=depth_range)
             box = resolve_crop(crop_box, *depth_m.shape[-2:])
             metrics.update(crop(pred_m, box), crop(depth_m, box))
     return metrics
@@ -118,7 +146,7 @@ def evaluate_protocol(
 
 def resolve_crop(spec, height, width):
     """The crop box for a height x width ground truth: `spec` itself if a box, the named crop
-    (data.crop_box) if a name, the Eigen crop scaled to the size if None."""
+    (crop_box) if a name, the Eigen crop scaled to the size if None."""
     if spec is None:
         return scaled_eigen_crop(height, width)
     if isinstance(spec, str):

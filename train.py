@@ -8,6 +8,11 @@ A short CPU run from scratch on the built-in sample data, the quick start's (see
         --lr_schedule cosine --warmup_steps 30
 Fine-tune a trained model (a checkpoint, or the authors' nyu.h5 / kitti.h5) on new data, as a new run:
     python train.py --data_dir my_data.zip --batch_size 8 --checkpoint_dir finetuned --epochs 5 --weights nyu.h5
+KITTI from its own files (docs/kitti.md): a BTS or monodepth2 split list, the raw drives, and the annotated
+depth (without --kitti_depth, depth projected from the Velodyne); depth 1 to 80 m unless told otherwise:
+    python train.py --data_dir eigen_train_files_with_gt.txt --val_data eigen_test_files_with_gt.txt \
+        --kitti_raw kitti_raw --kitti_depth data_depth_annotated --input_size 384 1248 --batch_size 8 \
+        --checkpoint_dir runs/kitti --epochs 10
 A dataset of one's own (a CSV of rgb_path,depth_path lines, or a folder with rgb/ and depth/), here
 KITTI-like: 16-bit PNGs of metres x 256, 1 to 80 m:
     python train.py --data_dir kitti/train --val_data kitti/val --depth_scale 256 --min_depth 1 --max_depth 80 \
@@ -65,7 +70,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs, open_training_sets
-from depth import NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
+from depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
+from kitti import KITTI_GT_RANGE_M, VELODYNE_DEPTHS, KittiDataset, is_kitti_list, open_kitti_sets
 from loss import DepthLoss
 from metrics import DepthMetrics, format_table
 from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint
@@ -130,8 +136,9 @@ def get_args_parser():
     required.add_argument(
         "--data_dir",
         required=True,
-        help="Train data: nyu_data.zip, or a directory holding it or its extracted 'data' folder; or a dataset of "
-        "one's own: a CSV of rgb_path,depth_path lines (relative to it), or a folder with rgb/ and depth/",
+        help="Train data: nyu_data.zip, or a directory holding it or its extracted 'data' folder; a KITTI split "
+        "list (BTS's or monodepth2's .txt, with --kitti_raw); or a dataset of one's own: a CSV of "
+        "rgb_path,depth_path lines (relative to it), or a folder with rgb/ and depth/",
     )
     required.add_argument(
         "--batch_size",
@@ -232,8 +239,8 @@ def get_args_parser():
     own = parser.add_argument_group("datasets of one's own")
     own.add_argument(
         "--val_data",
-        help="validation pairs (a CSV or rgb/ + depth/ folder); default: NYU's test split, or for a dataset of "
-        "one's own every 20th of its pairs, held out",
+        help="validation pairs (a CSV or rgb/ + depth/ folder; a KITTI split list for KITTI); default: NYU's "
+        "test split, or for a dataset of one's own or KITTI every 20th of its pairs, held out",
     )
     own.add_argument("--depth_scale", type=float, help=DEPTH_SCALE_HELP)
     add_setting(
@@ -241,14 +248,32 @@ def get_args_parser():
         "--min_depth",
         NYU_DEPTH_RANGE.min_m,
         type=float,
-        help="nearest depth in metres (default 0.1, or the checkpoint's / weights')",
+        help="nearest depth in metres (default 0.1, 1 for KITTI's lists, or the checkpoint's / weights')",
     )
     add_setting(
         own,
         "--max_depth",
         NYU_DEPTH_RANGE.max_m,
         type=float,
-        help="farthest depth in metres (default 10, NYU's; 80 for KITTI-like data), or the checkpoint's / weights'",
+        help="farthest depth in metres (default 10, NYU's; 80 for KITTI's lists; give 80 for KITTI-like data of "
+        "one's own), or the checkpoint's / weights'",
+    )
+    kitti = parser.add_argument_group("with --data_dir a KITTI split list (docs/kitti.md)")
+    kitti.add_argument(
+        "--kitti_raw",
+        help="KITTI's raw drives as unzipped: DATE/calib_*.txt, DATE/DRIVE/image_02/data, velodyne_points",
+    )
+    kitti.add_argument(
+        "--kitti_depth",
+        help="depth from KITTI's annotated depth (data_depth_annotated: train/ and val/, or merged); default: "
+        "projected from the Velodyne",
+    )
+    kitti.add_argument(
+        "--velodyne_depth",
+        choices=VELODYNE_DEPTHS,
+        default="velodyne",
+        help="depth a projected Velodyne point writes: the scanner's forward distance x (default, monodepth2's) "
+        "or the camera's z",
     )
     optional.add_argument(
         "--max_bad_fraction",
@@ -294,6 +319,12 @@ def check_args(args):
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if not 0 <= args.max_bad_fraction < 1:
         raise UserError(f"--max_bad_fraction must be in [0, 1), got {args.max_bad_fraction}")
+    kitti = is_kitti_list(args.data_dir)
+    if kitti and args.depth_scale is not None:
+        raise UserError("--depth_scale is for datasets of one's own; KITTI's annotated depth is metres x 256")
+    for flag in ("kitti_raw", "kitti_depth"):
+        if getattr(args, flag) and not kitti:
+            raise UserError(f"--{flag} is for --data_dir a KITTI split list (BTS's or monodepth2's .txt)")
 
 
 def resolve_settings(args, checkpoint, weights=None):
@@ -363,7 +394,15 @@ def check_world(args, world):
 def build_loaders(args, world):
     """Training loader (this process's share of each global batch, in TrainingOrder, augmented) and
     validation loader (its share of the zip's test split, or of --val_data)."""
-    train_set, val_set = open_training_sets(args.data_dir, args.val_data, args.depth_scale)
+    if is_kitti_list(args.data_dir):
+        train_set, val_set = open_kitti_sets(
+            args.data_dir, args.val_data, args.kitti_raw, args.kitti_depth, args.velodyne_depth, HELD_OUT_EVERY
+        )
+        if train_set.num_without_gt:
+            print(f"{args.data_dir}: {train_set.num_without_gt} of its {train_set.num_listed} frames have no ground "
+                  "truth and are left out")  # fmt: skip
+    else:
+        train_set, val_set = open_training_sets(args.data_dir, args.val_data, args.depth_scale)
     if train_set.own_data and args.val_data is None:
         print(f"validating on {len(val_set)} held-out pairs of {args.data_dir} (every {HELD_OUT_EVERY}th; --val_data)")
     if len(train_set) < args.batch_size:
@@ -543,9 +582,10 @@ def report_interval(losses, metrics, step, steps, progress, run):
 
 def validate(model, loader, args, world, dtype, guards, depth_range=None):
     """The epoch's metrics on the validation pairs (NYU's test split, or --val_data) by the evaluation
-    protocol: NYU's inside the Eigen crop; a dataset of one's own over whole pictures, the ground truth
-    capped at the model's depth range. Each process takes its share, and their sums and counts are
-    added up before the metrics are taken, as one process would. None if a stop was requested (on
+    protocol: NYU's inside the Eigen crop; KITTI's inside Garg's, ground truth 1e-3 < d < 80 m; a
+    dataset of one's own over whole pictures, the ground truth capped at the model's depth range.
+    Each process takes its share, and their sums and counts are added up before the metrics are
+    taken, as one process would. None if a stop was requested (on
     any process) before the end. depth_range: the model's, given when `model` is a compiled wrapper."""
     stop, skipped = guards
     failures = []
@@ -558,11 +598,13 @@ def validate(model, loader, args, world, dtype, guards, depth_range=None):
             if images is not None:
                 yield images, depth_m
 
-    own_data = loader.dataset.own_data
+    own_data, kitti = loader.dataset.own_data, isinstance(loader.dataset, KittiDataset)
+    crop_name = "garg" if kitti else "none" if own_data else None
     metrics = evaluate_protocol(
-        model, batches(), args.input_size, "none" if own_data else None, world.device, dtype, total=len(loader),
+        model, batches(), args.input_size, crop_name, world.device, dtype, total=len(loader),
         desc="validating", progress_bar=world.is_main, depth_range=depth_range,
-        max_depth_m=(depth_range or model.depth_range).max_m if own_data else None,
+        max_depth_m=(depth_range or model.depth_range).max_m if own_data and not kitti else None,
+        gt_range_m=KITTI_GT_RANGE_M if kitti else None,
     )  # fmt: skip
     stop_number, any_failed = world.max(stop.number, len(failures))
     if any_failed:
@@ -675,6 +717,9 @@ def load_start(args, world):
     weights = load_weights(args.weights) if args.weights else None
     if weights is not None and is_keras_file(args.weights):
         print(describe(weights))
+    if checkpoint is None and weights is None and is_kitti_list(args.data_dir):  # KITTI's range, as kitti.h5's
+        args.min_depth = KITTI_DEPTH_RANGE.min_m if args.min_depth is None else args.min_depth
+        args.max_depth = KITTI_DEPTH_RANGE.max_m if args.max_depth is None else args.max_depth
     resolve_settings(args, checkpoint, weights)
     check_world(args, world)
     if world.is_main:

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from data import FailedSample, encode_picture
 from metrics import METRIC_NAMES
-from protocol import predict_depth_m
+from protocol import network_size, predict_depth_m
 from utils import autocast, write_bytes
 
 DEPTH_CMAP = "plasma"
@@ -207,7 +207,8 @@ def preview_grid(model, samples, input_size, device, dtype, epoch):
     with torch.inference_mode():
         for image, depth_m in samples:
             with autocast(device, dtype):
-                pred_m = predict_depth_m(model, image[None].to(device), input_size, depth_m.shape[-2:])
+                size = network_size(image.shape[-2:], input_size)
+                pred_m = predict_depth_m(model, image[None].to(device), size, depth_m.shape[-2:])
             rows.append((image.permute(1, 2, 0).numpy(), depth_m[0].numpy(), pred_m[0, 0].float().cpu().numpy()))
     return prediction_grid(rows, f"epoch {epoch}: test-split pictures, prediction in the ground truth's range")
 

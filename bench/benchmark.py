@@ -7,6 +7,9 @@ On a GPU, with torch.compile for the training row:
 Deployment only (needs requirements-deploy.txt): PyTorch fp32 and bf16 against onnxruntime
 fp32 and INT8, on the CPU:
     python bench/benchmark.py --deploy
+KITTI only: a Velodyne scan projected to ground truth on one core, and the published model's
+seconds per 1242x375 frame (kitti.h5's architecture and input size, random weights):
+    python bench/benchmark.py --kitti
 
 The straightforward path is what a first port of DenseDepth does: fp32,
 contiguous memory, the mirror image as a second forward pass, the test arrays
@@ -82,6 +85,9 @@ def get_args_parser():
         action="store_true",
         help="only the deployment rows: PyTorch fp32 / bf16 against onnxruntime fp32 / INT8 (CPU)",
     )
+    parser.add_argument(
+        "--kitti", action="store_true", help="only the KITTI rows: Velodyne projection, seconds per frame"
+    )
     return parser
 
 
@@ -121,21 +127,20 @@ def paper_model(device, channels_last):
 # ----------------------------------------------------------------------------- prediction
 
 
-def case_predict(device_name, fast, repeats):
-    """Seconds to predict one 640x480 picture with flip averaging, the paper's model."""
+def case_predict(device_name, fast, repeats, picture_size=(480, 640), size=(480, 640)):
+    """Seconds to predict one picture of picture_size with flip averaging, the paper's model run at `size`."""
     torch.manual_seed(0)
     device = choose_device(device_name)
     dtype = choose_precision("auto" if fast else "fp32", device)
     model = paper_model(device, channels_last=fast).eval()
-    picture = torch.rand(1, 3, 480, 640, device=device)
-    size = (480, 640)
+    picture = torch.rand(1, 3, *picture_size, device=device)
 
     def predict():
         with torch.inference_mode(), autocast(device, dtype):
             if fast:  # the mirror image in the same batch
-                return predict_depth_m(model, picture, size, size, flip=True)
-            plain = predict_depth_m(model, picture, size, size, flip=False, channels_last=False)
-            mirrored = predict_depth_m(model, picture.flip(-1), size, size, flip=False, channels_last=False)
+                return predict_depth_m(model, picture, size, picture_size, flip=True)
+            plain = predict_depth_m(model, picture, size, picture_size, flip=False, channels_last=False)
+            mirrored = predict_depth_m(model, picture.flip(-1), size, picture_size, flip=False, channels_last=False)
             return (plain + mirrored.flip(-1)) / 2
 
     return {"seconds": timed(predict, device, repeats), "precision": precision_name(dtype)}
@@ -516,6 +521,70 @@ def format_report(machine, rows, accuracy):
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- KITTI
+
+KITTI_FRAME = (375, 1242)  # a 2011_09_26 frame
+KITTI_NETWORK = (384, 1248)  # kitti.h5's input size (weights.py)
+
+
+def velodyne_scan(seed=0):
+    """A scan shaped like an HDL-64E's: 64 beams from +2 to -24.9 degrees, 2000 azimuths all round
+    (128,000 points), ranges 3 to 80 m; about a quarter of it lies in front of the camera."""
+    rng = np.random.default_rng(seed)
+    elevation = np.radians(np.linspace(2.0, -24.9, 64))[:, None]
+    azimuth = np.linspace(-np.pi, np.pi, 2000, endpoint=False)[None, :]
+    distance = np.minimum(1.73 / np.maximum(-np.sin(elevation), 0.02), 80) * rng.uniform(0.9, 1.0, (64, 2000))
+    points = np.stack([distance * np.cos(elevation) * np.cos(azimuth), distance * np.cos(elevation) *
+                       np.sin(azimuth), distance * np.sin(elevation), rng.uniform(0, 1, (64, 2000))], axis=-1)  # fmt: skip
+    return points.reshape(-1, 4).astype(np.float32)
+
+
+def case_velodyne(repeats, folder):
+    """Milliseconds to read a scan's .bin and project it to a frame's ground truth, on one core."""
+    from kitti import camera_projection, read_velodyne, velodyne_depth_m, write_calibration, write_velodyne
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    p_rect = [[721.5377, 0, 609.5593, 44.85728], [0, 721.5377, 172.854, 0.2163791], [0, 0, 1, 0.002745884]]
+    velo_r = [[0.0075, -1.0, -0.0006], [0.0148, 0.0007, -0.9999], [0.9999, 0.0075, 0.0148]]
+    write_calibration(folder, p_rect, np.eye(3), velo_r, [-0.004, -0.076, -0.272], KITTI_FRAME)
+    projection = camera_projection(folder, 2)
+    scan = velodyne_scan()
+    write_velodyne(Path(folder) / "scan.bin", scan)
+
+    def project():
+        return velodyne_depth_m(read_velodyne(Path(folder) / "scan.bin"), projection)
+
+    seconds = timed(project, torch.device("cpu"), repeats)
+    return {"ms": seconds * 1000, "points": len(scan), "measured": int((project() > 0).sum())}
+
+
+def run_kitti_cases(args, device):
+    """The KITTI rows: projection (target under 50 ms a frame on one core) and seconds per frame."""
+    velodyne = in_fresh_process(case_velodyne, max(args.repeats, 20), str(Path(args.out_dir) / "kitti_calibration"))
+    projection = (
+        f"Velodyne projection ({velodyne['points']} points, {velodyne['measured']} pixels measured in a "
+        f"{KITTI_FRAME[1]}x{KITTI_FRAME[0]} frame), one core: {velodyne['ms']:.1f} ms a frame "
+        f"(target < 50 ms: {'met' if velodyne['ms'] < 50 else 'NOT met'})"
+    )
+    lines = [projection]
+    base, fast = side_by_side(
+        case_predict,
+        lambda fast: (device.type, fast, args.repeats, KITTI_FRAME, KITTI_NETWORK),
+        args.rounds,
+        "seconds",
+        higher_is_better=False,
+    )
+    lines.append(
+        f"published model (kitti.h5's architecture) on a {KITTI_FRAME[1]}x{KITTI_FRAME[0]} frame at "
+        f"{KITTI_NETWORK[1]}x{KITTI_NETWORK[0]}, flip averaged: fp32 {base['seconds']:.2f} s, "
+        f"{fast['precision']} channels_last {fast['seconds']:.2f} s a frame; the 697 Eigen test frames in about "
+        f"{697 * fast['seconds'] / 60:.0f} min"
+    )
+    return {"velodyne_ms": velodyne["ms"], "points": velodyne["points"], "predict_s": {"fp32": base["seconds"],
+            fast["precision"]: fast["seconds"]}}, lines  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- deployment
 
 
@@ -622,10 +691,17 @@ def format_deploy_report(machine, results, checkpoint):
 
 def main(args):
     device = choose_device(args.device)
-    train_zip, test_zip = ensure_sample_data(args.data_dir)
-    checkpoint = ensure_checkpoint(args, train_zip)
     machine = machine_description(device)
     print("\n".join(machine), flush=True)
+    if args.kitti:
+        results, lines = run_kitti_cases(args, device)
+        print("\n" + "\n".join(lines))
+        path = Path(args.out_dir) / "kitti.json"
+        write_bytes(path, json.dumps({"machine": machine, "results": results, "report": lines}, indent=2).encode())
+        print(f"\nsaved to {path}")
+        return
+    train_zip, test_zip = ensure_sample_data(args.data_dir)
+    checkpoint = ensure_checkpoint(args, train_zip)
     if args.deploy:
         results = run_deploy_cases(args, checkpoint, test_zip)
         print("\n" + format_deploy_report(machine, results, checkpoint))

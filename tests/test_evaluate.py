@@ -1,3 +1,4 @@
+import json
 import struct
 import zlib
 
@@ -9,6 +10,7 @@ from PIL import Image
 
 import evaluate
 from evaluate import find_pictures, load_picture, network_size, same_size_batches
+from model import DenseDepth, settings_config
 from protocol import predict_depth_m
 from utils import UserError, load_checkpoint
 
@@ -219,7 +221,7 @@ def test_evaluation_saves_examples_and_a_markdown_table(tiny_checkpoint, tiny_zi
     assert status == 0, err
     lines = stdout.splitlines()
     header = next(line for line in lines if line.split()[:1] == ["delta1"])
-    assert header.split() == ["delta1", "delta2", "delta3", "rel", "rms", "log10", "sq_rel", "rms_log"]
+    assert header.split() == ["delta1", "delta2", "delta3", "rel", "rms", "log10", "sq_rel", "rms_log", "silog"]
     assert "| delta1 ↑ | delta2 ↑ | delta3 ↑ | rel ↓ | rms ↓ | log10 ↓ |" in lines
     examples = tmp_path / "examples"
     assert sorted(path.name for path in examples.glob("????.png")) == ["0000.png", "0002.png", "0003.png"]
@@ -233,3 +235,44 @@ def test_evaluation_saves_examples_and_a_markdown_table(tiny_checkpoint, tiny_zi
     assert run_script(evaluate, [*argv, "--num_examples", 0, "--output_dir", tmp_path / "none"], capsys)[0] == 0
     assert not (tmp_path / "none" / "examples").exists()
     assert load_checkpoint(tiny_checkpoint)["config"]["input_size"] == [64, 64]
+
+
+@pytest.fixture(scope="module")
+def varied_checkpoint(tmp_path_factory):
+    """A model whose depth varies over a picture (0.3 to 0.7 m here), unlike a briefly trained one, which
+    predicts nearly one depth: random weights, the head scaled and biased to a positive target."""
+    torch.manual_seed(0)
+    model = DenseDepth(0.0625)
+    with torch.no_grad():
+        model.head.weight.mul_(50)
+        model.head.bias.fill_(20.0)
+    path = tmp_path_factory.mktemp("varied") / "varied.pth"
+    torch.save({"model": model.state_dict(), "config": settings_config(0.0625, (64, 64)), "args": {}}, path)
+    return path
+
+
+def test_the_depth_written_for_a_picture_is_the_depth_scored_for_it(varied_checkpoint, tmp_path, capsys):
+    """One input-size rule: at aspect ratios other than the trained one (64x64), --data scores the very depth
+    --img writes. Ground truth made as 1.1 x that depth scores delta1 1 and abs rel 0.1 / 1.1."""
+    data = tmp_path / "data"
+    pictures = [save_random_picture(data / "rgb" / "wide.png", 64, 192, seed=1),
+                save_random_picture(data / "rgb" / "tall.png", 120, 80, seed=2)]  # fmt: skip
+    for picture in pictures:
+        argv = ["--model", varied_checkpoint, "--img", picture, "--output_dir", tmp_path / "img", "--precision", "fp32"]
+        status, _, err = run_script(evaluate, argv, capsys)
+        assert status == 0, err
+        depth_m = np.load(tmp_path / "img" / f"{picture.stem}_depth_m.npy")
+        assert depth_m.max() / depth_m.min() > 1.2  # a depth that varies, so a stretched input would show
+        (data / "depth").mkdir(exist_ok=True)
+        np.save(data / "depth" / f"{picture.stem}.npy", (1.1 * depth_m.astype(np.float64)).astype(np.float32))
+    for crop in ("none", "garg"):
+        argv = ["--model", varied_checkpoint, "--data", data, "--crop", crop, "--output_dir", tmp_path / crop,
+                "--precision", "fp32", "--num_examples", 0]  # fmt: skip
+        status, _, err = run_script(evaluate, argv, capsys)
+        assert status == 0, err
+        report = json.loads((tmp_path / crop / "metrics.json").read_text())
+        assert report["num_images"] == 2
+        scores = report["per_image"]
+        assert scores["delta1"] == 1.0
+        assert scores["abs_rel"] == pytest.approx(0.1 / 1.1, abs=1e-6)
+        assert scores["silog"] == pytest.approx(0.0, abs=1e-3)  # a constant ratio is no scale-invariant error
