@@ -30,6 +30,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -38,11 +39,38 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data import DEPTH_SCALE_HELP, EigenTestZip, FailedSample, NYUDepthDataset, is_rgbd_dataset, open_rgbd_pairs
+from data import (
+    DEPTH_SCALE_HELP,
+    DirectoryArchive,
+    EigenTestZip,
+    FailedSample,
+    NYUDepthDataset,
+    is_rgbd_dataset,
+    open_rgbd_pairs,
+)
 from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs
 from kitti import KITTI_GT_RANGE_M, VELODYNE_DEPTHS, KittiDataset, is_kitti_list
 from metrics import AGGREGATIONS, DepthMetrics, format_table
-from protocol import CROPS, crop, eigen_batches, evaluate_protocol, kb_crop_box, predict_depth_m, resolve_crop
+from nyu_sources import (
+    BTS_DEPTH_SCALE,
+    GROUND_TRUTHS,
+    LabeledDataset,
+    LabeledMat,
+    is_bts_nyu_list,
+    is_labeled_mat,
+    read_bts_nyu_list,
+    read_splits,
+)
+from protocol import (
+    CROPS,
+    NYU_PROTOCOLS,
+    crop,
+    eigen_batches,
+    evaluate_protocol,
+    kb_crop_box,
+    predict_depth_m,
+    resolve_crop,
+)
 from utils import (
     DEVICE_HELP,
     PRECISIONS,
@@ -126,8 +154,30 @@ def get_args_parser():
     test_data.add_argument(
         "--crop",
         choices=CROPS,
-        help="where the metrics are taken: eigen (NYU's), garg or eigen_kitti (KITTI's, as fractions of the "
-        "size), none; default: the crop nyu_test.zip holds, garg for KITTI, none for a dataset of one's own",
+        help="where the metrics are taken: eigen (NYU's: DenseDepth's, rows 20..459, columns 24..615), eigen_bts "
+        "(NYU's as BTS, AdaBins, ZoeDepth: rows 45..470, columns 41..600), garg or eigen_kitti (KITTI's, as "
+        "fractions of the size), none; default: the protocol's (the crop nyu_test.zip holds; garg for KITTI), "
+        "none for a dataset of one's own",
+    )
+    test_data.add_argument(
+        "--protocol",
+        choices=tuple(NYU_PROTOCOLS),
+        help="NYU's evaluation protocol: densedepth (filled depth, Eigen crop rows 20..459, columns 24..615: the "
+        "DenseDepth paper; the default, but for BTS's lists) or bts (raw depth with 1e-3 < d < 10 m, crop rows "
+        "45..470, columns 41..600: BTS, AdaBins, NeWCRFs, ZoeDepth); sets --crop and --gt unless they are given",
+    )
+    test_data.add_argument(
+        "--gt",
+        choices=GROUND_TRUTHS,
+        help="which depth of the labeled .mat is the ground truth: filled (depths, the colorization-filled depth "
+        "DenseDepth scores on) or raw (rawDepths, 0 where missing: BTS, AdaBins, ZoeDepth); default: the protocol's",
+    )
+    test_data.add_argument(
+        "--splits", help="NYU's splits.mat (MATLAB v5), for --data nyu_depth_v2_labeled.mat: its testNdxs are scored"
+    )
+    test_data.add_argument(
+        "--data_root",
+        help="for --data one of BTS's NYU lists: the folder its paths are relative to (official_splits/test/)",
     )
     test_data.add_argument("--depth_scale", type=float, help=DEPTH_SCALE_HELP)
     kitti = parser.add_argument_group("with --data a KITTI split list (docs/kitti.md)")
@@ -193,6 +243,18 @@ def check_args(args):
         raise UserError(f"--depth_scale must be positive (units per metre), got {args.depth_scale}")
     if args.depth_scale is not None and not (args.data and is_rgbd_dataset(args.data)):
         raise UserError("--depth_scale is for --data of one's own (a CSV or rgb/ + depth/ folders)")
+    labeled = args.data is not None and is_labeled_mat(args.data)
+    bts_list = args.data is not None and is_bts_nyu_list(args.data)
+    if labeled and args.splits is None:
+        raise UserError(f"--data {args.data} is a .mat: give --splits splits.mat, whose testNdxs are scored")
+    if args.splits is not None and not labeled:
+        raise UserError("--splits is for --data nyu_depth_v2_labeled.mat")
+    if args.gt is not None and not labeled:
+        raise UserError("--gt picks the labeled .mat's depth (filled or raw); other test data holds one depth")
+    if args.data_root is not None and not bts_list:
+        raise UserError("--data_root is for --data one of BTS's NYU lists (nyudepthv2_test_files_with_gt.txt)")
+    if args.protocol is not None and not (labeled or bts_list or (args.data and Path(args.data).suffix == ".zip")):
+        raise UserError("--protocol is for NYU's test data: nyu_test.zip, the labeled .mat or BTS's list")
     kitti = args.data is not None and is_kitti_list(args.data)
     for flag in ("kitti_raw", "kitti_depth", "kb_crop"):
         if getattr(args, flag) and not kitti:
@@ -207,12 +269,23 @@ def evaluate_zip(model, input_size, args, device, dtype):
     examples = ExamplePicker(len(test_set), args.num_examples)
     batches = examples.pick(eigen_batches(test_set, args.batch_size))
     total = math.ceil(len(test_set) / args.batch_size)
-    crop_spec = args.crop or test_set.crop
-    metrics = evaluate_protocol(model, batches, input_size, crop_spec, device, dtype, args.flip, total=total)
-    label = f"{args.crop} crop" if args.crop else f"Eigen crop {list(test_set.crop)}"
-    report_metrics(metrics, label, args, input_size, device, dtype, crop=args.crop or list(test_set.crop))
+    protocol = NYU_PROTOCOLS[args.protocol or "densedepth"]
+    crop_name = args.crop or (protocol.crop if args.protocol else None)  # the zip's own crop unless told
+    crop_spec = crop_name or test_set.crop
+    metrics = evaluate_protocol(
+        model, batches, input_size, crop_spec, device, dtype, args.flip, total=total, gt_range_m=protocol.gt_range_m
+    )
+    label = f"{crop_name} crop" if crop_name else f"Eigen crop {list(test_set.crop)}"
+    settings = {"crop": crop_name or list(test_set.crop)}
+    if args.protocol:
+        label += f", ground truth {protocol.gt_range_m[0]:g} < d < {protocol.gt_range_m[1]:g} m" * bool(
+            protocol.gt_range_m
+        )
+        settings.update(protocol=args.protocol, gt_range_m=protocol.gt_range_m and list(protocol.gt_range_m))
+    report_metrics(metrics, label, args, input_size, device, dtype, **settings)
     if examples.picked:
-        folder = save_examples(model, examples.picked, input_size, crop_spec, device, dtype, args)
+        folder = save_examples(model, examples.picked, input_size, crop_spec, device, dtype, args, None,
+                               protocol.gt_range_m)  # fmt: skip
         print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
 
 
@@ -222,19 +295,11 @@ def evaluate_pairs(model, input_size, args, device, dtype):
     ground truth capped at the model's maximum depth."""
     archive, pairs = open_rgbd_pairs(args.data, "--data")
     dataset = NYUDepthDataset(archive, pairs, augment=False, png_scale=args.depth_scale)
-    workers = min(default_workers(device), len(dataset) - 1)
-    loaded = DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=ignore_stop_signals)
-    examples = ExamplePicker(len(dataset), args.num_examples)
-    batches = examples.pick(pair_batches(loaded, args.batch_size))
     crop_name, cap = args.crop or "none", model.depth_range.max_m
-    metrics = evaluate_protocol(
-        model, batches, input_size, crop_name, device, dtype, args.flip, max_depth_m=cap, desc="evaluating pairs"
-    )
-    report_metrics(metrics, f"{crop_name} crop, ground truth capped at {cap:g} m", args, input_size, device, dtype,
-                   crop=crop_name, max_depth_m=cap)  # fmt: skip
-    if examples.picked:
-        folder = save_examples(model, examples.picked, input_size, crop_name, device, dtype, args, cap)
-        print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
+    score_dataset(
+        model, dataset, input_size, args, device, dtype, crop_name, f"{crop_name} crop, ground truth capped at "
+        f"{cap:g} m", Bounds(max_depth_m=cap), crop=crop_name, max_depth_m=cap,
+    )  # fmt: skip
 
 
 def evaluate_kitti(model, dataset, input_size, args, device, dtype):
@@ -244,29 +309,71 @@ def evaluate_kitti(model, dataset, input_size, args, device, dtype):
         f"{args.data}: {dataset.describe_counts()}, ground truth from the "
         + ("annotated depth" if dataset.source == "annotated" else f"Velodyne ({args.velodyne_depth} depth)")
     )
-    workers = min(default_workers(device), len(dataset) - 1)
-    loaded = DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=ignore_stop_signals)
-    examples = ExamplePicker(len(dataset), args.num_examples)
     crop_name = args.crop or "garg"
-    batches = pair_batches(loaded, args.batch_size)
-    if args.kb_crop:  # the crop's box is the full frame's; what lies outside it is masked before cropping
-        batches, crop_name = kb_cropped(batches, crop_name), "none"
-    with tqdm(total=len(dataset), unit="frame", desc="evaluating", leave=False) as bar:
-        metrics = evaluate_protocol(
-            model, counted(examples.pick(batches), bar), input_size, crop_name, device, dtype, args.flip,
-            progress_bar=False, gt_range_m=KITTI_GT_RANGE_M,
-        )  # fmt: skip
     low, high = KITTI_GT_RANGE_M
-    where = f"{args.crop or 'garg'} crop" + (" of the full frame, predicted on the KB crop" if args.kb_crop else "")
-    label = f"{where}, ground truth {low:g} < d < {high:g} m"
-    report_metrics(
-        metrics, label, args, input_size, device, dtype, crop=args.crop or "garg", kb_crop=args.kb_crop,
+    where = f"{crop_name} crop" + (" of the full frame, predicted on the KB crop" if args.kb_crop else "")
+    score_dataset(
+        model, dataset, input_size, args, device, dtype, crop_name, f"{where}, ground truth {low:g} < d < {high:g} m",
+        Bounds(gt_range_m=KITTI_GT_RANGE_M), kb_crop=args.kb_crop, crop=crop_name,
         gt_range_m=list(KITTI_GT_RANGE_M), ground_truth=dataset.source, frames_listed=dataset.num_listed,
         frames_without_gt=dataset.num_without_gt, frames=dataset.describe_counts(),
     )  # fmt: skip
+
+
+def open_nyu_source(args):
+    """NYU's test pictures from the labeled .mat (with --splits) or BTS's extracted folder (its list with
+    --data_root), opened and checked before the model loads: (dataset, protocol name, metrics.json settings)."""
+    if is_labeled_mat(args.data):
+        mat = LabeledMat(args.data, "--data")
+        _, test_indices = read_splits(args.splits, mat.count)
+        name = args.protocol or "densedepth"
+        ground_truth = args.gt or NYU_PROTOCOLS[name].ground_truth
+        return LabeledDataset(mat, test_indices, ground_truth), name, {"ground_truth": ground_truth}
+    pairs, focals = read_bts_nyu_list(args.data, args.data_root, "--data")  # raw depth, 16-bit millimetres
+    dataset = NYUDepthDataset(DirectoryArchive(args.data_root), pairs, augment=False, png_scale=BTS_DEPTH_SCALE)
+    return dataset, args.protocol or "bts", {"ground_truth": "raw", "focal_px": sorted(set(focals))}
+
+
+def evaluate_nyu_source(model, opened, input_size, args, device, dtype):
+    """The pictures of open_nyu_source by the protocol --protocol names (--crop and --gt override its parts)."""
+    dataset, name, source = opened
+    protocol = NYU_PROTOCOLS[name]
+    crop_name = args.crop or protocol.crop
+    label = f"{crop_name} crop, {source['ground_truth']} ground truth"
+    if protocol.gt_range_m:
+        label += f" {protocol.gt_range_m[0]:g} < d < {protocol.gt_range_m[1]:g} m"
+    score_dataset(
+        model, dataset, input_size, args, device, dtype, crop_name, label, Bounds(gt_range_m=protocol.gt_range_m),
+        protocol=name, crop=crop_name, gt_range_m=protocol.gt_range_m and list(protocol.gt_range_m), **source,
+    )  # fmt: skip
+
+
+class Bounds(NamedTuple):
+    """Which ground truth the metrics count, beside finite and > 0 (metrics.DepthMetrics)."""
+
+    max_depth_m: float = None
+    gt_range_m: tuple = None
+
+
+def score_dataset(model, dataset, input_size, args, device, dtype, crop_name, label, bounds, kb_crop=False,
+                  **settings):  # fmt: skip
+    """Evaluate a dataset of (picture, depth) pairs by the protocol, streamed through DataLoader workers
+    with a progress bar in pictures; print and save the metrics (`settings` go into metrics.json) and
+    the examples. kb_crop: predict on KITTI's benchmark crop (kb_cropped)."""
+    workers = min(default_workers(device), len(dataset) - 1)
+    loaded = DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=ignore_stop_signals)
+    examples = ExamplePicker(len(dataset), args.num_examples)
+    batches, scored_crop = pair_batches(loaded, args.batch_size), crop_name
+    if kb_crop:  # the crop's box is the full frame's; what lies outside it is masked before cropping
+        batches, scored_crop, settings["kb_crop"] = kb_cropped(batches, crop_name), "none", True
+    with tqdm(total=len(dataset), unit="picture", desc="evaluating", leave=False) as bar:
+        metrics = evaluate_protocol(
+            model, counted(examples.pick(batches), bar), input_size, scored_crop, device, dtype, args.flip,
+            progress_bar=False, max_depth_m=bounds.max_depth_m, gt_range_m=bounds.gt_range_m,
+        )  # fmt: skip
+    report_metrics(metrics, label, args, input_size, device, dtype, **settings)
     if examples.picked:
-        folder = save_examples(model, examples.picked, input_size, crop_name, device, dtype, args,
-                               gt_range_m=KITTI_GT_RANGE_M)  # fmt: skip
+        folder = save_examples(model, examples.picked, input_size, scored_crop, device, dtype, args, *bounds)
         print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
 
 
@@ -556,6 +663,9 @@ def main(args):
     kitti = args.data is not None and is_kitti_list(args.data)
     if kitti:  # its files checked before the model loads, too
         kitti_set = KittiDataset(args.data, args.kitti_raw, args.kitti_depth, velodyne_depth=args.velodyne_depth)
+    nyu_source = args.data is not None and (is_labeled_mat(args.data) or is_bts_nyu_list(args.data))
+    if nyu_source:
+        opened = open_nyu_source(args)
     writable_dir(args.output_dir, "--output_dir")
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
@@ -564,6 +674,8 @@ def main(args):
         model = torch.compile(model)
     if kitti:
         evaluate_kitti(model, kitti_set, input_size, args, device, dtype)
+    elif nyu_source:
+        evaluate_nyu_source(model, opened, input_size, args, device, dtype)
     elif args.data is not None and is_rgbd_dataset(args.data):
         evaluate_pairs(model, input_size, args, device, dtype)
     elif args.data is not None:

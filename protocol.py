@@ -9,6 +9,7 @@ Eigen crop by default, or KITTI's) over ground-truth pixels that are finite and 
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -60,7 +61,25 @@ def predict_depth_m(model, images, input_size, out_size, flip=True, channels_las
 
 
 # Crops of the evaluation protocols, as [top, bottom, left, right] rows and columns, both ends inclusive.
-CROPS = ("eigen", "garg", "eigen_kitti", "none")
+CROPS = ("eigen", "garg", "eigen_kitti", "none", "eigen_bts")
+# NYU's, at 480x640: DenseDepth's Eigen crop (nyu_test.zip's), and the one of BTS, AdaBins and ZoeDepth
+# (their eval_with_pngs.py slices [45:471, 41:601]).
+NYU_CROPS = {"eigen": EIGEN_CROP_NYU, "eigen_bts": (45, 470, 41, 600)}
+
+
+@dataclass(frozen=True)
+class NyuProtocol:
+    """An NYU evaluation protocol: its crop, which ground truth of the labeled .mat it scores
+    (filled or raw), and the ground-truth depths it counts (low < d < high), if bounded."""
+
+    crop: str
+    ground_truth: str
+    gt_range_m: tuple = None
+
+
+# DenseDepth's: filled depth in the Eigen crop. BTS's (AdaBins, ZoeDepth, NeWCRFs): raw depth, 1e-3 < d < 10 m,
+# in their crop.
+NYU_PROTOCOLS = {"densedepth": NyuProtocol("eigen", "filled"), "bts": NyuProtocol("eigen_bts", "raw", (1e-3, 10.0))}
 # The KITTI benchmark's crop of BTS and AdaBins (--kb_crop): the bottom 352 rows, the middle 1216 columns.
 KB_CROP_SIZE = (352, 1216)
 # KITTI's, as fractions of the picture's height and width (Garg et al. 2016; Eigen et al. 2014).
@@ -71,10 +90,10 @@ _KITTI_CROP_FRACTIONS = {
 
 
 def crop_box(name, height, width):
-    """The named crop for a height x width picture: 'eigen' (NYU's, scaled from 480x640), 'garg' or
+    """The named crop for a height x width picture: 'eigen' or 'eigen_bts' (NYU's, scaled from 480x640), 'garg' or
     'eigen_kitti' (KITTI's, fractions of the size, end-exclusive as published), 'none' (all)."""
-    if name == "eigen":
-        return scaled_eigen_crop(height, width)
+    if name in NYU_CROPS:
+        return scaled_nyu_crop(NYU_CROPS[name], height, width)
     if name == "none":
         return (0, height - 1, 0, width - 1)
     top, bottom, left, right = _KITTI_CROP_FRACTIONS[name]
@@ -83,7 +102,12 @@ def crop_box(name, height, width):
 
 def scaled_eigen_crop(height, width):
     """The Eigen crop for a height x width image, scaled from its 480x640 definition."""
-    top, bottom, left, right = EIGEN_CROP_NYU
+    return scaled_nyu_crop(EIGEN_CROP_NYU, height, width)
+
+
+def scaled_nyu_crop(box, height, width):
+    """A crop box defined on NYU's 480x640 pictures, scaled to a height x width one."""
+    top, bottom, left, right = box
     scale_y, scale_x = height / NYU_SIZE[0], width / NYU_SIZE[1]
     return (
         round(top * scale_y),

@@ -75,6 +75,7 @@ from kitti import KITTI_GT_RANGE_M, VELODYNE_DEPTHS, KittiDataset, is_kitti_list
 from loss import DepthLoss
 from metrics import DepthMetrics, format_table
 from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint
+from nyu_sources import GROUND_TRUTHS, is_bts_nyu_list, is_labeled_mat, open_nyu_source_sets
 from protocol import evaluate_protocol
 from training import (
     LR_SCHEDULES,
@@ -258,6 +259,16 @@ def get_args_parser():
         help="farthest depth in metres (default 10, NYU's; 80 for KITTI's lists; give 80 for KITTI-like data of "
         "one's own), or the checkpoint's / weights'",
     )
+    nyu = parser.add_argument_group("with --data_dir NYU's labeled .mat or one of BTS's NYU lists (docs/data.md)")
+    nyu.add_argument("--splits", help="NYU's splits.mat: trainNdxs train, testNdxs validate")
+    nyu.add_argument(
+        "--gt",
+        choices=GROUND_TRUTHS,
+        default="filled",
+        help="the labeled .mat's depth to train on: filled (depths, the default) or raw (rawDepths, holes masked)",
+    )
+    nyu.add_argument("--data_root", help="the folder a BTS list's paths are relative to (sync/ for training)")
+    nyu.add_argument("--val_data_root", help="the folder --val_data's BTS list is relative to (default: --data_root)")
     kitti = parser.add_argument_group("with --data_dir a KITTI split list (docs/kitti.md)")
     kitti.add_argument(
         "--kitti_raw",
@@ -319,6 +330,12 @@ def check_args(args):
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if not 0 <= args.max_bad_fraction < 1:
         raise UserError(f"--max_bad_fraction must be in [0, 1), got {args.max_bad_fraction}")
+    nyu_source = is_labeled_mat(args.data_dir) or is_bts_nyu_list(args.data_dir)
+    for flag in ("splits", "data_root", "val_data_root"):
+        if getattr(args, flag) and not nyu_source:
+            raise UserError(f"--{flag} is for --data_dir NYU's labeled .mat or one of BTS's NYU lists")
+    if nyu_source and args.depth_scale is not None:
+        raise UserError("--depth_scale is for datasets of one's own; NYU's sources have their own depth units")
     kitti = is_kitti_list(args.data_dir)
     if kitti and args.depth_scale is not None:
         raise UserError("--depth_scale is for datasets of one's own; KITTI's annotated depth is metres x 256")
@@ -394,7 +411,11 @@ def check_world(args, world):
 def build_loaders(args, world):
     """Training loader (this process's share of each global batch, in TrainingOrder, augmented) and
     validation loader (its share of the zip's test split, or of --val_data)."""
-    if is_kitti_list(args.data_dir):
+    if is_labeled_mat(args.data_dir) or is_bts_nyu_list(args.data_dir):
+        train_set, val_set = open_nyu_source_sets(
+            args.data_dir, args.val_data, args.splits, args.gt, args.data_root, args.val_data_root, HELD_OUT_EVERY
+        )
+    elif is_kitti_list(args.data_dir):
         train_set, val_set = open_kitti_sets(
             args.data_dir, args.val_data, args.kitti_raw, args.kitti_depth, args.velodyne_depth, HELD_OUT_EVERY
         )

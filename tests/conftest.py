@@ -66,3 +66,21 @@ def tiny_checkpoint(tiny_zips, tmp_path_factory):
     argv = tiny_train_argv(tiny_zips[0], out, "--workers", 0)
     train.main(train.get_args_parser().parse_args(argv))
     return out / "last.pth"
+
+
+@pytest.fixture(scope="session")
+def varied_checkpoint(tmp_path_factory):
+    """A model whose depth varies over a picture (0.3 to 0.7 m here), unlike a briefly trained one, which
+    predicts nearly one depth: random weights, the head scaled and biased to a positive target."""
+    import torch
+
+    from model import DenseDepth, settings_config
+
+    torch.manual_seed(0)
+    model = DenseDepth(0.0625)
+    with torch.no_grad():
+        model.head.weight.mul_(50)
+        model.head.bias.fill_(20.0)
+    path = tmp_path_factory.mktemp("varied") / "varied.pth"
+    torch.save({"model": model.state_dict(), "config": settings_config(0.0625, (64, 64)), "args": {}}, path)
+    return path

@@ -10,7 +10,6 @@ from PIL import Image
 
 import evaluate
 from evaluate import find_pictures, load_picture, network_size, same_size_batches
-from model import DenseDepth, settings_config
 from protocol import predict_depth_m
 from utils import UserError, load_checkpoint
 
@@ -235,20 +234,6 @@ def test_evaluation_saves_examples_and_a_markdown_table(tiny_checkpoint, tiny_zi
     assert run_script(evaluate, [*argv, "--num_examples", 0, "--output_dir", tmp_path / "none"], capsys)[0] == 0
     assert not (tmp_path / "none" / "examples").exists()
     assert load_checkpoint(tiny_checkpoint)["config"]["input_size"] == [64, 64]
-
-
-@pytest.fixture(scope="module")
-def varied_checkpoint(tmp_path_factory):
-    """A model whose depth varies over a picture (0.3 to 0.7 m here), unlike a briefly trained one, which
-    predicts nearly one depth: random weights, the head scaled and biased to a positive target."""
-    torch.manual_seed(0)
-    model = DenseDepth(0.0625)
-    with torch.no_grad():
-        model.head.weight.mul_(50)
-        model.head.bias.fill_(20.0)
-    path = tmp_path_factory.mktemp("varied") / "varied.pth"
-    torch.save({"model": model.state_dict(), "config": settings_config(0.0625, (64, 64)), "args": {}}, path)
-    return path
 
 
 def test_the_depth_written_for_a_picture_is_the_depth_scored_for_it(varied_checkpoint, tmp_path, capsys):
