@@ -85,6 +85,7 @@ from utils import (
     writable_dir,
     write_bytes,
 )
+from video import VIDEO_SUFFIXES, VideoOptions, depth_of_video, is_video, require_av
 from visualize import (
     DEPTH_CMAP,
     depth_range,
@@ -113,7 +114,8 @@ def get_args_parser():
     parser.add_argument(
         "--img",
         nargs="+",
-        help="Image path (if evaluation on own images): one or more pictures, directories (searched "
+        help="Image path (if evaluation on own images): one or more pictures or videos (mp4, mov, mkv, avi, webm: "
+        "NAME_depth.mp4 at the video's size and frame rate; needs requirements-video.txt), directories (searched "
         "recursively) or quoted globs ('photos/*.jpg')",
     )
     parser.add_argument("--batch_size", type=int, default=4, help="Batch size to process the test data (or pictures)")
@@ -210,13 +212,19 @@ def get_args_parser():
         type=float,
         nargs=2,
         metavar=("MIN_M", "MAX_M"),
-        help="fixed colour range in metres, the same for every picture (default: each picture's own range)",
+        help="fixed colour range in metres, the same for every picture (default: each picture's own range; for a "
+        "video, the model's depth range, one scale for every frame)",
     )
     pictures.add_argument("--cmap", default=DEPTH_CMAP, help="matplotlib colour map for depth (default plasma)")
     pictures.add_argument(
         "--side_by_side", action="store_true", help="also write the picture and its depth side by side"
     )
     pictures.add_argument("--ply", action="store_true", help="also write a point cloud (.ply) coloured by the picture")
+    pictures.add_argument(
+        "--frames",
+        action="store_true",
+        help="for a video: also write each frame's depth as a 16-bit PNG and .npy in metres, into NAME_frames/",
+    )
     pictures.add_argument(
         "--intrinsics",
         type=float,
@@ -569,7 +577,7 @@ def _is_picture_file(path, output_dir):
     inside_output = output_dir in path.resolve().parents
     return (
         path.is_file()
-        and path.suffix.lower() in PICTURE_SUFFIXES
+        and path.suffix.lower() in PICTURE_SUFFIXES + VIDEO_SUFFIXES
         and not path.name.startswith(".")
         and not inside_output
     )
@@ -638,6 +646,22 @@ def predict_pictures(model, pictures, input_size, args, device, dtype):
     report_pictures(written, failures, len(pictures), args)
 
 
+def predict_video(model, path, name, input_size, args, device, dtype):
+    """The depth video of one video file (and its frames' depth files with --frames), in one colour
+    scale: --depth_range, else the model's range."""
+    stem = Path(args.output_dir) / name
+    depth_range_m = tuple(args.depth_range or (model.depth_range.min_m, model.depth_range.max_m))
+    options = VideoOptions(args.flip, args.batch_size, depth_range_m, args.cmap, args.side_by_side,
+                           args.frames, model.depth_range.max_m)  # fmt: skip
+    frames_dir = stem.with_name(stem.name + "_frames") if args.frames else None
+    report = depth_of_video(model, path, stem.with_name(stem.name + "_depth.mp4"), input_size, device, dtype,
+                            options, frames_dir)  # fmt: skip
+    busy = report.network_seconds / max(report.seconds, 1e-9)
+    print(f"{path}: {report.frames} frames in {report.seconds:.1f} s ({report.frames / report.seconds:.2f} frames/s, "
+          f"network busy {busy:.0%}); wrote {report.path} (colour {depth_range_m[0]:g} to {depth_range_m[1]:g} m)"
+          + (f" and each frame's depth in {frames_dir}" if frames_dir else ""))  # fmt: skip
+
+
 def report_pictures(written, failures, num_pictures, args):
     """Say what was written where; pictures that could not be read end the run with an error."""
     if len(written) == 1 and num_pictures == 1:
@@ -659,7 +683,11 @@ def report_pictures(written, failures, num_pictures, args):
 
 def main(args):
     check_args(args)
-    pictures = find_pictures(args.img, args.output_dir) if args.img else None  # before the model loads
+    pictures = find_pictures(args.img, args.output_dir) if args.img else []  # before the model loads
+    videos = [(path, name) for path, name in pictures if is_video(path)]
+    stills = [(path, name) for path, name in pictures if not is_video(path)]
+    if videos:
+        require_av()
     kitti = args.data is not None and is_kitti_list(args.data)
     if kitti:  # its files checked before the model loads, too
         kitti_set = KittiDataset(args.data, args.kitti_raw, args.kitti_depth, velodyne_depth=args.velodyne_depth)
@@ -681,7 +709,10 @@ def main(args):
     elif args.data is not None:
         evaluate_zip(model, input_size, args, device, dtype)
     else:
-        predict_pictures(model, pictures, input_size, args, device, dtype)
+        if stills:
+            predict_pictures(model, stills, input_size, args, device, dtype)
+        for path, name in videos:
+            predict_video(model, path, name, input_size, args, device, dtype)
 
 
 if __name__ == "__main__":
