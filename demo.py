@@ -1,4 +1,5 @@
-"""A live demo in the browser: a picture or the webcam in, its depth and a 3-D point cloud out.
+"""A live demo in the browser: a picture or the webcam in, its depth and a 3-D point cloud out; a video
+in, its depth video out.
 
     pip install -r requirements-demo.txt
     python demo.py                                  # the quick start's model
@@ -9,6 +10,8 @@ internet. Drop or pick a picture, or take one with the webcam: the page shows th
 its depth side by side with a colour bar in metres, the scene as coloured 3-D points to turn
 with the mouse (the NYU camera's intrinsics scaled to the picture, editable), and the files
 evaluate.py --img writes for it: the 16-bit PNG in millimetres, the .npy in metres and the .ply.
+The Video tab takes a clip (up to MAX_VIDEO_MB and MAX_VIDEO_SECONDS, needs requirements-video.txt)
+and plays its depth beside it, as evaluate.py --img clip.mp4 --side_by_side writes it, to download.
 Prediction runs with evaluate.py's device and precision choice (bf16 on a CPU where it measures faster).
 """
 
@@ -34,6 +37,7 @@ from visualize import backproject
 QUICKSTART_MODEL = Path(__file__).resolve().parent / "runs/quickstart/checkpoints/last.pth"
 MAX_PIXELS = 40_000_000  # a bigger picture is refused in the page, not fed to the network
 MAX_CLOUD_POINTS = 150_000  # the viewer's points; the .ply keeps every pixel
+MAX_VIDEO_MB, MAX_VIDEO_SECONDS = 100, 60  # a longer or bigger clip is refused in the page
 
 
 def get_args_parser():
@@ -96,6 +100,40 @@ class DepthDemo:
             f"predicted in {seconds:.2f} s"
         )
         return side, str(cloud), written, summary
+
+    def predict_video(self, path):
+        """A video file (Gradio's upload path) -> (the depth video beside the clip, summary)."""
+        import gradio as gr
+
+        from utils import Stopped
+        from video import VideoOptions, depth_of_video, video_seconds
+
+        path = check_video(path)
+        try:
+            seconds = video_seconds(path)
+            if seconds > MAX_VIDEO_SECONDS:
+                raise gr.Error(f"The clip is {seconds:.0f} s long, over {MAX_VIDEO_SECONDS} s: cut it first.")
+            depth_range = (self.model.depth_range.min_m, self.model.depth_range.max_m)
+            options = VideoOptions(self.flip, 4, depth_range, "plasma", side_by_side=True)
+            out = Path(tempfile.mkdtemp(dir=self.out_dir)) / f"{Path(path).stem}_depth.mp4"
+            report = depth_of_video(self.model, path, out, self.input_size, self.device, self.dtype, options)
+        except (UserError, Stopped) as err:
+            raise gr.Error(str(err).removeprefix("--img ").replace(str(path), Path(path).name)) from err
+        summary = (f"{report.frames} frames in {report.seconds:.1f} s ({report.frames / report.seconds:.1f} "
+                   f"frames/s); colours {depth_range[0]:g} to {depth_range[1]:g} m")  # fmt: skip
+        return str(report.path), summary
+
+
+def check_video(path):
+    """The uploaded clip's path, or a readable error for the page."""
+    import gradio as gr
+
+    if not path:
+        raise gr.Error("No video: drop a clip here or pick a file.")
+    size_mb = Path(path).stat().st_size / 2**20
+    if size_mb > MAX_VIDEO_MB:
+        raise gr.Error(f"The clip is {size_mb:.0f} MB, over {MAX_VIDEO_MB} MB: cut or shrink it first.")
+    return path
 
 
 def check_picture(picture):
@@ -184,21 +222,43 @@ def build_app(demo, title):
     fx0, fy0, cx0, cy0 = NYU_INTRINSICS
     with gr.Blocks(title="DenseDepth demo") as app:
         gr.Markdown(f"## DenseDepth: depth from one picture\n{title}")
-        with gr.Row():
-            picture = gr.Image(sources=["upload", "webcam", "clipboard"], type="numpy", label="Picture")
-            with gr.Column():
-                summary = gr.Markdown("Drop a picture, pick one, or take one with the webcam.")
-                gr.Markdown(
-                    f"Camera for the 3-D points, in the picture's pixels (empty: NYU Depth v2's, fx {fx0:.1f} "
-                    f"fy {fy0:.1f} cx {cx0:.1f} cy {cy0:.1f} at 640x480, scaled to the picture)"
-                )
-                with gr.Row():
-                    fields = [gr.Number(label=name, value=None) for name in ("fx", "fy", "cx", "cy")]
-                files = gr.File(label="Downloads: 16-bit PNG (mm), .npy (m), .ply", file_count="multiple")
-        depth = gr.Image(label="Picture | depth (m)", type="numpy", format="png", elem_id="depth")
-        cloud = gr.Model3D(label="3-D points (drag to turn, scroll to zoom)", display_mode="point_cloud", height=480)
-        picture.change(demo.predict, [picture, *fields], [depth, cloud, files, summary], api_name="predict")
+        with gr.Tab("Picture"):
+            picture_tab(gr, demo, fx0, fy0, cx0, cy0)
+        with gr.Tab("Video"):
+            video_tab(gr, demo)
     return app, theme
+
+
+def picture_tab(gr, demo, fx0, fy0, cx0, cy0):
+    """The picture tab: a picture in; depth side by side, 3-D points and files out."""
+    with gr.Row():
+        picture = gr.Image(sources=["upload", "webcam", "clipboard"], type="numpy", label="Picture")
+        with gr.Column():
+            summary = gr.Markdown("Drop a picture, pick one, or take one with the webcam.")
+            gr.Markdown(
+                f"Camera for the 3-D points, in the picture's pixels (empty: NYU Depth v2's, fx {fx0:.1f} "
+                f"fy {fy0:.1f} cx {cx0:.1f} cy {cy0:.1f} at 640x480, scaled to the picture)"
+            )
+            with gr.Row():
+                fields = [gr.Number(label=name, value=None) for name in ("fx", "fy", "cx", "cy")]
+            files = gr.File(label="Downloads: 16-bit PNG (mm), .npy (m), .ply", file_count="multiple")
+    depth = gr.Image(label="Picture | depth (m)", type="numpy", format="png", elem_id="depth")
+    cloud = gr.Model3D(label="3-D points (drag to turn, scroll to zoom)", display_mode="point_cloud", height=480)
+    picture.change(demo.predict, [picture, *fields], [depth, cloud, files, summary], api_name="predict")
+
+
+def video_tab(gr, demo):
+    """The video tab: a clip in; its depth beside it, to play and download."""
+    gr.Markdown(
+        f"A clip of up to {MAX_VIDEO_SECONDS} s and {MAX_VIDEO_MB} MB (mp4, mov, mkv, avi, webm): its depth is "
+        "drawn beside it in one colour scale, the model's depth range."
+    )
+    with gr.Row():
+        clip = gr.Video(sources=["upload"], label="Video")
+        with gr.Column():
+            summary = gr.Markdown("Drop a clip or pick one.")
+            depth = gr.Video(label="Video | depth (play, or download with the arrow)", elem_id="depth_video")
+    clip.change(demo.predict_video, [clip], [depth, summary], api_name="predict_video")
 
 
 def main(args):

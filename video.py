@@ -94,6 +94,15 @@ def require_av():
     _av()
 
 
+def video_seconds(path):
+    """The length of a video in seconds (0 if its container does not say)."""
+    container, stream = open_video(path)
+    with container:
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        return (container.duration or 0) / 1e6
+
+
 def _decode(path, container, stream, frames, stop):
     """The decoder thread: RGB frames (H, W, 3) uint8 into `frames`, then _END (or the error)."""
     av = _av()

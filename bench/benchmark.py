@@ -10,6 +10,9 @@ fp32 and INT8, on the CPU:
 KITTI only: a Velodyne scan projected to ground truth on one core, and the published model's
 seconds per 1242x375 frame (kitti.h5's architecture and input size, random weights):
     python bench/benchmark.py --kitti
+Videos only (needs requirements-video.txt): frames per second at 640x480 and the share of the time
+the network is busy, for the quick start's model and the paper's, and the flicker of a still camera:
+    python bench/benchmark.py --video
 
 The straightforward path is what a first port of DenseDepth does: fp32,
 contiguous memory, the mirror image as a second forward pass, the test arrays
@@ -97,6 +100,9 @@ def get_args_parser():
     )
     parser.add_argument(
         "--kitti", action="store_true", help="only the KITTI rows: Velodyne projection, seconds per frame"
+    )
+    parser.add_argument(
+        "--video", action="store_true", help="only the video rows: frames/s, network busy share, flicker"
     )
     return parser
 
@@ -629,6 +635,73 @@ def run_kitti_cases(args, device):
             fast["precision"]: fast["seconds"]}}, lines  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- videos
+
+
+def still_camera_clip(path, frames, noise, seed=0):
+    """A 640x480 H.264 clip of one rendered test room from a camera that does not move, each frame
+    with fresh Gaussian noise of `noise` grey levels (as a sensor's), at 30 frames/s."""
+    import av
+
+    from scenes import render_scene
+
+    _, views = render_scene(seed, 1, 0, 1, 640, 480)
+    rgb = views[0][0].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        for _ in range(frames):
+            frame = np.clip(rgb + rng.normal(0, noise, rgb.shape), 0, 255).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def case_video(device_name, checkpoint, clip, out_dir, batch_size=4):
+    """Frames per second, network busy share and flicker (mean |depth_k - depth_k-1| in metres) of
+    evaluate.py's video path on `clip`; checkpoint None: the paper's model, random weights, at 480x640."""
+    from video import VideoOptions, depth_of_video
+
+    torch.manual_seed(0)
+    device = choose_device(device_name)
+    dtype = choose_precision("auto", device)
+    if checkpoint is None:
+        model, input_size = paper_model(device, channels_last=True).eval(), (480, 640)
+    else:
+        model, input_size = load_model(checkpoint, device)
+    options = VideoOptions(True, batch_size, (0.1, 10.0), "plasma", frames=True)
+    frames_dir = Path(out_dir) / "frames"
+    report = depth_of_video(model, clip, Path(out_dir) / "clip_depth.mp4", input_size, device, dtype, options,
+                            frames_dir)  # fmt: skip
+    depth = [np.load(path) for path in sorted(frames_dir.glob("*_depth_m.npy"))]
+    flicker = float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(depth)]))
+    return {"fps": report.frames / report.seconds, "busy": report.network_seconds / report.seconds,
+            "flicker_m": flicker, "mean_depth_m": float(np.mean(depth)), "precision": precision_name(dtype)}  # fmt: skip
+
+
+def run_video_cases(args, device):
+    """The video rows: the quick start's model (if trained) and the paper's, on a still-camera clip."""
+    out = Path(args.out_dir) / "video"
+    out.mkdir(parents=True, exist_ok=True)
+    clip = still_camera_clip(out / "still.mp4", 60, noise=3.0)
+    models = {"the paper's model (random weights)": None}
+    quickstart = Path(args.checkpoint) if args.checkpoint else ROOT / "runs/quickstart/checkpoints/last.pth"
+    if quickstart.is_file():
+        models = {f"{quickstart}": str(quickstart), **models}
+    results, lines = {}, []
+    for label, checkpoint in models.items():
+        result = in_fresh_process(case_video, device.type, checkpoint, str(clip), str(out / str(len(results))))
+        results[label] = result
+        lines.append(
+            f"{label}: {result['fps']:.2f} frames/s at 640x480 ({result['precision']}, flip averaged, batches of 4), "
+            f"network busy {result['busy']:.0%} (goal >= 90%: {'met' if result['busy'] >= 0.9 else 'NOT met'}); "
+            f"flicker on a still camera {result['flicker_m'] * 1000:.1f} mm a frame (mean depth "
+            f"{result['mean_depth_m']:.2f} m)"
+        )
+    return results, lines
+
+
 # ----------------------------------------------------------------------------- deployment
 
 
@@ -737,10 +810,10 @@ def main(args):
     device = choose_device(args.device)
     machine = machine_description(device)
     print("\n".join(machine), flush=True)
-    if args.kitti:
-        results, lines = run_kitti_cases(args, device)
+    if args.kitti or args.video:
+        results, lines = (run_kitti_cases if args.kitti else run_video_cases)(args, device)
         print("\n" + "\n".join(lines))
-        path = Path(args.out_dir) / "kitti.json"
+        path = Path(args.out_dir) / ("kitti.json" if args.kitti else "video.json")
         write_bytes(path, json.dumps({"machine": machine, "results": results, "report": lines}, indent=2).encode())
         print(f"\nsaved to {path}")
         return

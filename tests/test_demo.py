@@ -102,9 +102,37 @@ def test_bad_input_gives_a_message_and_the_server_goes_on(server, picture, tmp_p
     assert predict(server, picture)[3].startswith("64x48 picture")  # still serving
 
 
+def test_the_video_tab_gives_the_depth_video_and_refuses_bad_clips(server, tmp_path):
+    av = pytest.importorskip("av", reason="the video tab needs requirements-video.txt")
+    from test_video import decoded_frames, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", count=6)
+    client = gradio_client.Client(server, verbose=False)
+    result, summary = client.predict(gradio_client.handle_file(str(clip)), api_name="/predict_video")
+    path = result["video"] if isinstance(result, dict) else result
+    (codec, _, width, height, _), frames = decoded_frames(path)
+    assert codec == "h264" and len(frames) == 6 and (width, height) == (2 * 96 + 4, 64)
+    assert summary.startswith("6 frames")
+    (tmp_path / "notes.mp4").write_text("not a video at all\n" * 50)
+    with pytest.raises(Exception, match="not a video FFmpeg can read"):
+        client.predict(gradio_client.handle_file(str(tmp_path / "notes.mp4")), api_name="/predict_video")
+    assert av is not None and client.predict(gradio_client.handle_file(str(clip)), api_name="/predict_video")[
+        1
+    ].startswith("6 frames")  # still serving
+
+
 def test_without_a_model_it_says_how_to_get_one(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(demo, "QUICKSTART_MODEL", tmp_path / "last.pth")
     assert_one_clear_line(run_script(demo, [], capsys), "bash scripts/quickstart.sh", "--model nyu.h5")
+
+
+def video_for_browser(folder):
+    """A short clip for the browser test's video tab, or None without PyAV."""
+    try:
+        from test_video import write_clip
+    except pytest.skip.Exception:
+        return None
+    return write_clip(folder / "clip.mp4", count=6)
 
 
 def chromium():
@@ -143,7 +171,22 @@ def test_the_page_in_a_real_browser(server, picture, tmp_path):
         text = session.find_element(By.TAG_NAME, "body").text
         screenshot = tmp_path / "demo.png"
         session.save_screenshot(str(screenshot))
+        video_clip = video_for_browser(tmp_path)
+        if video_clip is not None:  # the video tab: upload a clip, wait for its depth video
+            next(
+                tab for tab in session.find_elements(By.CSS_SELECTOR, "button[role=tab]") if tab.text == "Video"
+            ).click()
+            WebDriverWait(session, 30).until(
+                lambda page: len(page.find_elements(By.CSS_SELECTOR, "input[type=file]")) > 1
+            )
+            file_inputs = session.find_elements(By.CSS_SELECTOR, "input[type=file]")
+            file_inputs[-1].send_keys(str(video_clip))
+            WebDriverWait(session, 120).until(lambda page: "frames/s" in page.find_element(By.TAG_NAME, "body").text)
+            video_text = session.find_element(By.TAG_NAME, "body").text
+            session.save_screenshot(str(tmp_path / "demo_video.png"))
     finally:
         session.quit()
     assert "64x48 picture: depth" in text and "predicted in" in text and "Error" not in text, text
     assert Image.open(screenshot).size[0] >= 1000
+    if video_clip is not None:
+        assert "frames in" in video_text and "frames/s" in video_text and "Error" not in video_text, video_text
