@@ -153,11 +153,22 @@ def build_encoder(pretrained):
         ) from err
 
 
+# What a checkpoint config that leaves a Variant field out means by it. Configs used to hold only the
+# fields that differed from the defaults of the time; these are those defaults, frozen, so that a default
+# changed later cannot reinterpret them. A field added to Variant gets here the behaviour before it existed.
+LEGACY_VARIANT = {
+    "imagenet_normalization": True,
+    "trunk_relu": True,
+    "leaky_relu_after_conv_a": True,
+    "batchnorm_eps": 1e-5,
+    "align_corners": True,
+    "decoder_padding": "zeros",
+}
+
+
 def settings_config(decoder_width, input_size, depth_range=NYU_DEPTH_RANGE, variant=Variant()):
     """What a checkpoint holds to rebuild and use a model: architecture, width, training size,
-    depth range, and the variant's settings where they differ from this project's model (a
-    setting left out is the default, which keeps this project's own checkpoints short)."""
-    default = asdict(Variant())
+    depth range, and every one of the variant's settings (so its meaning does not hang on defaults)."""
     return {
         "architecture": "DenseDepth",
         "encoder": "densenet169",
@@ -166,7 +177,7 @@ def settings_config(decoder_width, input_size, depth_range=NYU_DEPTH_RANGE, vari
         "depth_target": f"{depth_range.max_m * 100:g} / depth_cm",
         "min_depth_m": depth_range.min_m,
         "max_depth_m": depth_range.max_m,
-        **{key: value for key, value in asdict(variant).items() if value != default[key]},
+        **asdict(variant),
     }
 
 
@@ -176,8 +187,9 @@ def model_config(model, input_size):
 
 
 def variant_from_config(config):
-    """The Variant a checkpoint's config describes (settings left out are the defaults)."""
-    return Variant(**{item.name: config[item.name] for item in fields(Variant) if item.name in config})
+    """The Variant a checkpoint's config describes; a setting left out (an older checkpoint's) is
+    LEGACY_VARIANT's, what it meant when that checkpoint was written."""
+    return Variant(**{item.name: config.get(item.name, LEGACY_VARIANT[item.name]) for item in fields(Variant)})
 
 
 def model_from_checkpoint(checkpoint, source):

@@ -72,9 +72,9 @@ from tqdm import tqdm
 from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs, open_training_sets
 from depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
 from kitti import KITTI_GT_RANGE_M, VELODYNE_DEPTHS, KittiDataset, is_kitti_list, open_kitti_sets
-from loss import DepthLoss
+from loss import SSIM_WINDOW, DepthLoss
 from metrics import DepthMetrics, format_table
-from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint
+from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint, variant_from_config
 from nyu_sources import GROUND_TRUTHS, is_bts_nyu_list, is_labeled_mat, open_nyu_source_sets
 from protocol import evaluate_protocol
 from training import (
@@ -114,6 +114,9 @@ from utils import (
 )
 from visualize import TrainingLog, preview_grid, preview_samples
 from weights import describe, is_keras_file, load_weights
+
+# The smallest input side whose half-size output holds the SSIM window.
+MIN_INPUT_SIDE = 2 * SSIM_WINDOW - 1
 
 # Flags whose value the checkpoint replaces when resuming: they are not repeated in the command that resumes a run.
 REPLACED_ON_RESUME = ("checkpoint", "weights", "pretrained")
@@ -318,6 +321,11 @@ def check_args(args):
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.input_size is not None and min(args.input_size) < 1:
         raise UserError(f"--input_size must be two positive numbers, got {list(args.input_size)}")
+    if args.input_size is not None and min(args.input_size) < MIN_INPUT_SIDE:
+        raise UserError(
+            f"--input_size {args.input_size[0]} {args.input_size[1]} is too small: the loss's SSIM needs an "
+            f"{SSIM_WINDOW}x{SSIM_WINDOW} window in the half-size output, so each side must be at least {MIN_INPUT_SIDE}"
+        )
     for flag in ("lr", "decoder_width", "depth_scale", "min_depth", "max_depth"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
@@ -388,7 +396,7 @@ def model_settings(checkpoint):
     config = checkpoint["config"]
     return {
         "decoder_width": config["decoder_width"],
-        "decoder_padding": config.get("decoder_padding", Variant.decoder_padding),
+        "decoder_padding": variant_from_config(config).decoder_padding,
         "input_size": config["input_size"],
         "min_depth": config["min_depth_m"],
         "max_depth": config["max_depth_m"],

@@ -217,6 +217,12 @@ def run_precision(name, checkpoint, device):
 def restore(checkpoint, learner, args, world):
     """Restore the optimizer, scaler and random generators of a checkpoint; returns the run's Progress."""
     learner.optimizer.load_state_dict(checkpoint["optimizer"])
+    if args.lr_schedule == "constant":  # the optimizer state carries the old rate; --lr (or the checkpoint's) wins
+        saved_lr = learner.optimizer.param_groups[0]["lr"]
+        for group in learner.optimizer.param_groups:
+            group["lr"] = args.lr
+        if saved_lr != args.lr:
+            print(f"learning rate {args.lr:g} from here on (the checkpoint trained at {saved_lr:g})")
     learner.scaler.load_state_dict(checkpoint["scaler"])
     set_rng_states(checkpoint["rng"])
     progress = Progress(**{key: checkpoint[key] for key in Progress.__dataclass_fields__})

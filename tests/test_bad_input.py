@@ -62,6 +62,7 @@ def first_pair(train_zip):
         (["--epochs", -2], "--epochs must be at least 1, got -2"),
         (["--input_size", 0, 64], "--input_size must be two positive numbers"),
         (["--input_size", -64, 64], "--input_size must be two positive numbers"),
+        (["--input_size", 20, 64], "each side must be at least 21"),
         (["--lr", -0.1], "--lr must be positive"),
         (["--decoder_width", 0], "--decoder_width must be positive"),
         (["--workers", -1], "--workers must be 0 or more"),

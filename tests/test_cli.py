@@ -61,6 +61,13 @@ def test_train_writes_last_and_best_checkpoints(trained):
         "depth_target": "1000 / depth_cm",
         "min_depth_m": 0.1,
         "max_depth_m": 10.0,
+        # every Variant setting, so a later default cannot change what the checkpoint means
+        "imagenet_normalization": True,
+        "trunk_relu": True,
+        "leaky_relu_after_conv_a": True,
+        "batchnorm_eps": 1e-5,
+        "align_corners": True,
+        "decoder_padding": "zeros",
     }
     assert checkpoint["samples_done"] == 0 and {"rng", "scaler"} <= set(checkpoint)
     assert set(checkpoint["val_metrics"]) >= {"delta1", "abs_rel", "rms", "log10"}
@@ -245,3 +252,18 @@ def test_compiled_runs_save_the_plain_models_weights(tiny_zips, tmp_path, monkey
     assert Compiled.calls >= 2  # training steps and validation went through the compiled model
     checkpoint = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
     assert not any(key.startswith("_orig_mod") for key in checkpoint["model"])
+
+
+def test_a_new_lr_applies_when_resuming_a_constant_schedule(tiny_zips, tiny_checkpoint, tmp_path, capsys):
+    from conftest import run_script, tiny_train_argv
+
+    import train
+
+    argv = tiny_train_argv(tiny_zips[0], tmp_path, "--checkpoint", tiny_checkpoint, "--lr", 5e-4, "--workers", 0,
+                           epochs=2)  # fmt: skip
+    status, out, err = run_script(train, argv, capsys)
+    assert status == 0, err
+    assert "learning rate 0.0005 from here on (the checkpoint trained at 0.0001)" in out
+    checkpoint = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
+    assert {group["lr"] for group in checkpoint["optimizer"]["param_groups"]} == {5e-4}
+    assert checkpoint["args"]["lr"] == 5e-4

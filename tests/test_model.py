@@ -117,3 +117,19 @@ def test_missing_imagenet_weights_say_how_to_proceed(monkeypatch):
         DenseDepth(pretrained=True)
     message = str(error.value)
     assert "densenet169-b2777c0a.pth" in message and "--no_pretrained" in message
+
+
+def test_a_config_means_what_it_meant_when_written(monkeypatch):
+    """Every Variant setting is written; a setting an older config left out is read as it was meant
+    then, even if this code's default has changed since."""
+    from dataclasses import asdict
+
+    import model as model_module
+
+    variant = Variant(decoder_padding="replicate", batchnorm_eps=1.001e-5)
+    config = model_module.settings_config(0.5, (96, 128), variant=variant)
+    assert {key: config[key] for key in asdict(variant)} == asdict(variant)
+    assert model_module.variant_from_config(config) == variant
+    old = {key: value for key, value in config.items() if key not in asdict(Variant())}  # as written before
+    monkeypatch.setattr(model_module.Variant, "decoder_padding", "replicate")  # a default changed later
+    assert model_module.variant_from_config(old).decoder_padding == "zeros"
