@@ -10,6 +10,9 @@ fp32 and INT8, on the CPU:
 KITTI only: a Velodyne scan projected to ground truth on one core, and the published model's
 seconds per 1242x375 frame (kitti.h5's architecture and input size, random weights):
     python bench/benchmark.py --kitti
+fill_depth.py only: seconds to fill a 1242x375 frame (full and half size, one core) and the
+accuracy of the colorization beside nearest and linear interpolation on rendered rooms:
+    python bench/benchmark.py --fill
 Videos only (needs requirements-video.txt): frames per second at 640x480 and the share of the time
 the network is busy, for the quick start's model and the paper's, and the flicker of a still camera:
     python bench/benchmark.py --video
@@ -103,6 +106,9 @@ def get_args_parser():
     )
     parser.add_argument(
         "--video", action="store_true", help="only the video rows: frames/s, network busy share, flicker"
+    )
+    parser.add_argument(
+        "--fill", action="store_true", help="only fill_depth.py's rows: seconds a KITTI frame, accuracy on rooms"
     )
     return parser
 
@@ -635,6 +641,96 @@ def run_kitti_cases(args, device):
             fast["precision"]: fast["seconds"]}}, lines  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- filling sparse depth
+
+
+def lidar_samples(depth_m, rows_apart=4, keep=0.6, seed=0):
+    """About 5 % of a dense depth map, along scan lines as a LiDAR sees it: every rows_apart-th row from a
+    third of the way down, a share `keep` of its pixels in every third column; 0 elsewhere."""
+    rng = np.random.default_rng(seed)
+    sampled = np.zeros_like(depth_m)
+    mask = np.zeros(depth_m.shape, dtype=bool)
+    mask[depth_m.shape[0] // 3 :: rows_apart, ::3] = True
+    mask &= rng.random(depth_m.shape) < keep
+    sampled[mask] = depth_m[mask]
+    return sampled
+
+
+def case_fill_speed(size, repeats):
+    """Seconds to fill one 1242x375 frame on one core, at full or half size."""
+    from fill_depth import fill_pair
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    rows = np.arange(KITTI_FRAME[0], dtype=np.float32)[:, None]
+    depth = np.broadcast_to(1.65 * 721.5 / np.maximum(rows - 140, 8), KITTI_FRAME).astype(np.float32)
+    image = torch.from_numpy(rng.integers(0, 255, (3, *KITTI_FRAME), dtype=np.uint8))
+    sparse = torch.from_numpy(lidar_samples(depth))[None]
+    seconds = timed(lambda: fill_pair(image, sparse, size), torch.device("cpu"), repeats, warmup=0)
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def fill_accuracy(rooms=6):
+    """Median relative error of the colorization, nearest and linear interpolation against exact depth on
+    rendered rooms (320x240) sampled like a LiDAR, overall and in the rows above the first scan line."""
+    from scipy.interpolate import griddata
+
+    from fill_depth import fill_depth_colorization
+    from scenes import render_scene
+
+    errors = {"colorization": [], "nearest": [], "linear": []}
+    above = {name: [] for name in errors}
+    for room in range(rooms):
+        _, views = render_scene(7, 1, room, 1, 320, 240)
+        rgb, depth = views[0]
+        sparse = lidar_samples(depth, seed=room)
+        known = sparse > 0
+        points, values = np.argwhere(known), sparse[known]
+        grid = np.mgrid[0 : depth.shape[0], 0 : depth.shape[1]].reshape(2, -1).T
+        filled = {
+            "colorization": fill_depth_colorization(rgb, sparse),
+            "nearest": griddata(points, values, grid, method="nearest").reshape(depth.shape),
+            "linear": griddata(points, values, grid, method="linear").reshape(depth.shape),
+        }
+        top = np.zeros(depth.shape, dtype=bool)
+        top[: depth.shape[0] // 3] = True
+        for name, result in filled.items():
+            relative = np.abs(result - depth) / depth
+            errors[name].append(relative[np.isfinite(relative)])
+            above[name].append(relative[top & np.isfinite(relative)])
+    summary = {}
+    for name, parts in errors.items():
+        whole, top_rows = np.concatenate(parts), np.concatenate(above[name])
+        covered = len(whole) / (rooms * 320 * 240)
+        summary[name] = {"median": float(np.median(whole)), "top_median": float(np.median(top_rows)) if len(top_rows)
+                         else float("nan"), "covered": covered}  # fmt: skip
+    return summary
+
+
+def run_fill_cases(args, device):
+    """fill_depth.py's rows: s/frame full and half on one core, the Eigen training list's time, accuracy."""
+    lines, results = [], {}
+    for size in ("full", "half"):
+        result = in_fresh_process(case_fill_speed, size, max(1, args.repeats // 2))
+        results[size] = result
+        goal = f"; goal <= 2 s: {'met' if result['seconds'] <= 2 else 'NOT met'}" if size == "full" else ""
+        hours = 23_158 * result["seconds"] / 2 / 3600
+        speed = (
+            f"fill a {KITTI_FRAME[1]}x{KITTI_FRAME[0]} frame at {size} size, one core: {result['seconds']:.2f} s "
+            f"(peak {result['peak_rss_mb']:.0f} MB){goal}"
+        )
+        lines += [speed, f"  KITTI's Eigen training list (23,158 frames) on 2 cores at that rate: about {hours:.0f} h"]
+    accuracy = fill_accuracy()
+    results["accuracy"] = accuracy
+    lines.append("median relative error against exact depth, 6 rendered rooms at 320x240, ~5 % sampled on scan lines:")
+    for name, values in accuracy.items():
+        lines.append(f"  {name}: {values['median']:.2%} overall, {values['top_median']:.2%} in the top third "
+                     f"(no samples there); {values['covered']:.0%} of pixels filled")  # fmt: skip
+    return results, lines
+
+
 # ----------------------------------------------------------------------------- videos
 
 
@@ -810,10 +906,12 @@ def main(args):
     device = choose_device(args.device)
     machine = machine_description(device)
     print("\n".join(machine), flush=True)
-    if args.kitti or args.video:
-        results, lines = (run_kitti_cases if args.kitti else run_video_cases)(args, device)
+    only = {"kitti": run_kitti_cases, "video": run_video_cases, "fill": run_fill_cases}
+    chosen = [name for name in only if getattr(args, name)]
+    if chosen:
+        results, lines = only[chosen[0]](args, device)
         print("\n" + "\n".join(lines))
-        path = Path(args.out_dir) / ("kitti.json" if args.kitti else "video.json")
+        path = Path(args.out_dir) / f"{chosen[0]}.json"
         write_bytes(path, json.dumps({"machine": machine, "results": results, "report": lines}, indent=2).encode())
         print(f"\nsaved to {path}")
         return

@@ -1,0 +1,136 @@
+"""fill_depth.py: the NYU toolbox's colorization equations against a loop written as the MATLAB code is,
+the solve against a dense one, resuming, sharding, bad pairs, and training on what it writes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script
+from test_bad_input import assert_one_clear_line
+
+import fill_depth
+import train
+from fill_depth import colorization_system, fill_depth_colorization
+from sample_data import write_rgbd_folder
+
+
+def matlab_system(gray, known, alpha=1.0):
+    """fill_depth_colorization.m's matrix, pixel by pixel as the toolbox builds it (dense)."""
+    height, width = gray.shape
+    size = height * width
+    matrix = np.zeros((size, size))
+    for i in range(height):
+        for j in range(width):
+            row = i * width + j
+            window = [(ii, jj) for ii in range(max(0, i - 1), min(i + 2, height))
+                      for jj in range(max(0, j - 1), min(j + 2, width)) if (ii, jj) != (i, j)]  # fmt: skip
+            values = np.array([gray[ii, jj] for ii, jj in window])
+            current = gray[i, j]
+            all_values = np.append(values, current)
+            csig = np.mean((all_values - all_values.mean()) ** 2) * 0.6
+            mgv = np.min((values - current) ** 2)
+            csig = max(csig, -mgv / math.log(0.01), 0.000002)
+            weights = np.exp(-((values - current) ** 2) / csig)
+            weights /= weights.sum()
+            for (ii, jj), weight in zip(window, weights):
+                matrix[row, ii * width + jj] = -weight
+            matrix[row, row] = 1 + alpha * known[i, j]
+    return matrix
+
+
+def test_the_equations_are_the_toolboxs_and_the_solve_is_exact():
+    rng = np.random.default_rng(0)
+    gray = rng.random((6, 7))
+    gray[:, 3:] = 0.5  # a flat patch: the 2e-6 floor and the min-difference rule both matter
+    known = rng.random((6, 7)) < 0.3
+    np.testing.assert_allclose(colorization_system(gray, known).toarray(), matlab_system(gray, known), atol=1e-12)
+    depth_m = np.where(known, rng.uniform(2, 40, known.shape), 0)
+    rgb = np.repeat((gray * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    filled = fill_depth_colorization(rgb, depth_m)
+    gray_used = rgb.astype(np.float64) @ fill_depth.RGB2GRAY / 255
+    largest = depth_m[known].max()
+    dense = np.linalg.solve(matlab_system(gray_used, known), known.ravel() * depth_m.ravel() / largest) * largest
+    np.testing.assert_allclose(filled.ravel(), dense, rtol=1e-9)
+
+
+def test_constant_depth_stays_constant_and_nothing_measured_is_refused():
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    depth_m = np.where(rng.random((20, 30)) < 0.05, 7.5, 0.0)
+    depth_m[0, 0] = 7.5
+    np.testing.assert_allclose(fill_depth_colorization(rgb, depth_m), 7.5, rtol=1e-9)
+    with pytest.raises(ValueError, match="no measured pixel"):
+        fill_depth_colorization(rgb, np.zeros((20, 30)))
+
+
+def sparse_pairs(count, seed=0, size=(40, 56)):
+    """Pictures and LiDAR-like depth (every 4th row, one pixel in 3), depth growing down the picture."""
+    rng = np.random.default_rng(seed)
+    height, _width = size
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    pairs = []
+    for index in range(count):
+        depth = np.broadcast_to(30 / (1 + rows / 8) + index, size).copy()
+        sparse = np.zeros(size, dtype=np.float32)
+        sparse[::4, ::3] = depth[::4, ::3]
+        shade = np.clip(255 - depth * 6, 0, 255)
+        rgb = np.stack([shade, shade, 255 - shade], axis=-1).astype(np.uint8) + rng.integers(0, 5, (*size, 3)).astype(
+            np.uint8
+        )
+        pairs.append((rgb, sparse))
+    return pairs
+
+
+def test_resuming_sharding_and_training_on_the_result(tmp_path, capsys):
+    csv = write_rgbd_folder(tmp_path / "pairs", sparse_pairs(5), "png16", png_scale=256)
+    out = tmp_path / "filled"
+    argv = ["--data", csv, "--depth_scale", 256, "--output_dir", out, "--workers", 1]
+    for shard in ("0/2", "1/2"):
+        status, stdout, err = run_script(fill_depth, [*argv, "--shard", shard], capsys)
+        assert status == 0, err
+    filled = sorted(out.rglob("*.png"))
+    assert len(filled) == 5
+    stamps = [path.stat().st_mtime_ns for path in filled]
+    status, stdout, err = run_script(fill_depth, argv, capsys)
+    assert status == 0, err
+    assert "5 filled already, 0 to fill" in stdout and stamps == [path.stat().st_mtime_ns for path in filled]
+    lines = (out / "filled.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0] == "../pairs/rgb/00000.jpg,pairs/depth/00000.png"
+    from data import decode_depth
+
+    depth_m = decode_depth((out / "pairs/depth/00000.png").read_bytes(), 256)[0].numpy()
+    assert (depth_m > 0).all()  # dense now
+    truth = 30 / (1 + np.arange(40)[:, None] / 8)
+    assert np.median(np.abs(depth_m - truth) / truth) < 0.05  # scan lines 4 rows apart on a steep profile
+
+    argv = ["--data_dir", out / "filled.csv", "--depth_scale", 256, "--min_depth", 1, "--max_depth", 80]
+    argv += ["--checkpoint_dir", tmp_path / "run", "--epochs", 1, "--batch_size", 2, "--input_size", 64, 64]
+    status, _out_text, err = run_script(train, [*argv, "--no_pretrained", "--decoder_width", 0.0625, "--workers", 0],
+                                       capsys)  # fmt: skip
+    assert status == 0, err
+    assert math.isfinite(torch.load(tmp_path / "run/last.pth", weights_only=False)["val_metrics"]["abs_rel"])
+
+
+def test_half_size_solves_smaller_and_writes_full_size(tmp_path, capsys):
+    csv = write_rgbd_folder(tmp_path / "pairs", sparse_pairs(1), "png16", png_scale=256)
+    argv = ["--data", csv, "--depth_scale", 256, "--output_dir", tmp_path / "out", "--workers", 1, "--size", "half"]
+    status, _, err = run_script(fill_depth, argv, capsys)
+    assert status == 0, err
+    from PIL import Image
+
+    assert Image.open(tmp_path / "out/pairs/depth/00000.png").size == (56, 40)
+
+
+def test_bad_pairs_are_skipped_and_listed(tmp_path, capsys):
+    pairs = sparse_pairs(3)
+    pairs[1] = (pairs[1][0], np.zeros_like(pairs[1][1]))  # nothing measured
+    csv = write_rgbd_folder(tmp_path / "pairs", pairs, "png16", png_scale=256)
+    argv = ["--data", csv, "--depth_scale", 256, "--output_dir", tmp_path / "out", "--workers", 1]
+    status, _stdout, err = run_script(fill_depth, argv, capsys)
+    assert status == 2 and "skipped pairs/depth/00001.png: has no measured pixel" in err
+    assert "1 pairs could not be filled (listed above); the others were written" in err
+    assert len((tmp_path / "out/filled.csv").read_text().splitlines()) == 2
+    assert_one_clear_line(run_script(fill_depth, [*argv, "--shard", "2/2"], capsys), "--shard 2/2")
+    assert_one_clear_line(run_script(fill_depth, ["--data", tmp_path / "none.csv", "--output_dir", tmp_path], capsys),
+                          "does not exist")  # fmt: skip
