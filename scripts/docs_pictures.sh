@@ -18,4 +18,6 @@ $PY evaluate.py --model $RUN/checkpoints/last.pth --data data/sample/nyu_test.zi
 $PY evaluate.py --model $RUN/checkpoints/last.pth --img data/sample/example.png --output_dir $OUT --colorbar --side_by_side
 rm $OUT/examples/????.png $OUT/example_depth*.png $OUT/example_depth_m.npy  # the README shows the tiles
 cp $RUN/checkpoints/curves.png $OUT/curves.png
+[ "$OUT" = docs/sample ] && $PY -m pip install --quiet -r requirements-video.txt && \
+    $PY -m scripts.video_example --model $RUN/checkpoints/last.pth --out $OUT/video.gif
 echo "== docs pictures in $OUT"
