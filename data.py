@@ -342,7 +342,7 @@ class NYUDepthDataset(Dataset):
     Indices may come with a seed for the augmentation (see TrainingOrder).
 
     Workers only decode and augment: resizing to the network's sizes happens
-    batched on the device (train.training_batch), so each worker feeds about
+    batched on the device (training.training_batch), so each worker feeds about
     twice as many pictures a second, and uint8 images are a quarter of the
     bytes to hand over and copy.
     """

@@ -29,7 +29,6 @@ from depth import DepthRange, target_to_depth_m
 from utils import UserError
 
 INPUT_NAME, OUTPUT_NAME = "image", "depth_m"
-INPUT_KINDS = ("uint8", "float")
 
 
 class DepthInMetres(nn.Module):

@@ -30,8 +30,6 @@ class DepthRange:
 # NYU Depth v2, as DenseDepth: 10 cm to 10 m. KITTI, as the authors trained kitti.h5: 1 m to 80 m.
 NYU_DEPTH_RANGE = DepthRange(0.1, 10.0)
 KITTI_DEPTH_RANGE = DepthRange(1.0, 80.0)
-# Value range of NYU's target y (1 .. 100), the loss's default.
-TARGET_RANGE = NYU_DEPTH_RANGE.target_range
 
 
 def depth_m_to_target(depth_m, depth_range=NYU_DEPTH_RANGE):

@@ -22,11 +22,10 @@ import torch
 from torch.utils.data import Dataset
 
 from data import NYU_SIZE, DirectoryArchive, FailedSample, NYUDepthDataset, augment
-from utils import UserError
+from utils import HDF5_SIGNATURE, UserError
 
 GROUND_TRUTHS = ("filled", "raw")  # the labeled .mat's depths (colorization-filled) or rawDepths
 _MAT_ARRAYS = {"images": "images", "filled": "depths", "raw": "rawDepths"}
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 BTS_NYU_LINE = re.compile(r"^/?(?P<rgb>\S+\.(?:jpg|jpeg|png)) /?(?P<depth>\S+\.png) (?P<focal>[-+.\deE]+)$")
 BTS_NYU_SHAPE = "'SCENE/rgb_NNNNN.jpg SCENE/sync_depth_NNNNN.png FOCAL' (BTS's NYU lists, a leading slash or none)"
 BTS_DEPTH_SCALE = 1000  # BTS's depth PNGs: uint16 millimetres
@@ -39,7 +38,7 @@ def is_hdf5(path):
     """Whether a file is HDF5: MATLAB v7.3 puts a 512-byte header before the HDF5 signature."""
     with open(path, "rb") as file:
         head = file.read(520)
-    return head[:8] == _HDF5_SIGNATURE or head[512:520] == _HDF5_SIGNATURE
+    return head[:8] == HDF5_SIGNATURE or head[512:520] == HDF5_SIGNATURE
 
 
 def is_labeled_mat(path):

@@ -467,12 +467,16 @@ def save_checkpoint(state, path):
             raise OSError(f"torch.save failed: {str(err).strip().splitlines()[0]}") from err
 
 
+# The first 8 bytes of an HDF5 file (the authors' Keras models; MATLAB v7.3 files have it after 512 bytes).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def _unreadable_reason(path, err):
     if isinstance(err, OSError) and err.strerror:  # no permission, an I/O error
         return err.strerror
     with open(path, "rb") as file:
         magic = file.read(8)
-    if magic == b"\x89HDF\r\n\x1a\n":
+    if magic == HDF5_SIGNATURE:
         return (
             "it is an HDF5 file, such as the DenseDepth authors' Keras models: start a run from it with --weights, "
             "or convert it once with convert_weights.py"

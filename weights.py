@@ -33,9 +33,8 @@ import torch
 
 from depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
 from model import Variant, settings_config, variant_from_config
-from utils import UserError, load_checkpoint
+from utils import HDF5_SIGNATURE, UserError, load_checkpoint
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras_h5")
 
 # The datasets the authors released models for: the depth range each was trained with, and the
