@@ -333,13 +333,31 @@ def downsample_depth_m(depth_m, size, depth_range=NYU_DEPTH_RANGE):
     return target_to_depth_m(resize(depth_m_to_target(depth_m, depth_range), size), depth_range)
 
 
-class NYUDepthDataset(Dataset):
-    """RGB/depth pairs from the training archive (or a dataset of one's own), at their stored resolution.
+class PairDataset(Dataset):
+    """What every dataset of (picture, depth) pairs shares: an item is (image (3, H, W) uint8, depth_m
+    (1, H, W) float metres), with DenseDepth's augmentation if `augment`; a pair that cannot be loaded
+    comes back as a FailedSample instead, for collate_pairs to leave out and report. Indices may come
+    with a seed for the augmentation (see TrainingOrder). Subclasses give `pairs` (names, for the
+    report), `augment` and load_pair(index), which raises DecodeError naming what is wrong."""
 
-    An item is (image (3, H, W) uint8, depth_m (1, H, W) float metres), with
-    DenseDepth's augmentation if `augment`; a pair that cannot be loaded comes
-    back as a FailedSample instead, for collate_pairs to leave out and report.
-    Indices may come with a seed for the augmentation (see TrainingOrder).
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, item):
+        index, augment_seed = item if isinstance(item, tuple) else (item, None)
+        try:
+            image, depth_m = self.load_pair(index)
+        except DecodeError as err:
+            return FailedSample(self.pairs[index], str(err))
+        if self.augment:
+            generator = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
+            image, depth_m = augment(image, depth_m, generator)
+        return image, depth_m
+
+
+class NYUDepthDataset(PairDataset):
+    """RGB/depth pairs from the training archive (or a dataset of one's own), at their stored resolution
+    (items as PairDataset's).
 
     Workers only decode and augment: resizing to the network's sizes happens
     batched on the device (training.training_batch), so each worker feeds about
@@ -357,20 +375,6 @@ class NYUDepthDataset(Dataset):
     def own_data(self):
         """Whether this is a dataset of one's own rather than NYU's zip: its invalid depth is masked."""
         return self.png_scale != NYU_PNG
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, item):
-        index, augment_seed = item if isinstance(item, tuple) else (item, None)
-        try:
-            image, depth_m = self.load_pair(index)
-        except DecodeError as err:
-            return FailedSample(self.pairs[index], str(err))
-        if self.augment:
-            generator = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
-            image, depth_m = augment(image, depth_m, generator)
-        return image, depth_m
 
     def load_pair(self, index):
         """The decoded pair `index`; raises DecodeError naming the entry that is wrong."""

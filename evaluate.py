@@ -49,7 +49,7 @@ from data import (
     open_rgbd_pairs,
 )
 from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs
-from kitti import KITTI_GT_RANGE_M, VELODYNE_DEPTHS, KittiDataset, is_kitti_list
+from kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list
 from metrics import AGGREGATIONS, DepthMetrics, format_table
 from nyu_sources import (
     BTS_DEPTH_SCALE,
@@ -183,22 +183,7 @@ def get_args_parser():
     )
     test_data.add_argument("--depth_scale", type=float, help=DEPTH_SCALE_HELP)
     kitti = parser.add_argument_group("with --data a KITTI split list (docs/kitti.md)")
-    kitti.add_argument(
-        "--kitti_raw",
-        help="KITTI's raw drives as unzipped: DATE/calib_*.txt, DATE/DRIVE/image_02/data, velodyne_points",
-    )
-    kitti.add_argument(
-        "--kitti_depth",
-        help="ground truth from KITTI's annotated depth (data_depth_annotated: train/ and val/, or merged), as "
-        "BTS, AdaBins and monodepth2's eigen_benchmark; default: projected from the Velodyne, as monodepth2's eigen",
-    )
-    kitti.add_argument(
-        "--velodyne_depth",
-        choices=VELODYNE_DEPTHS,
-        default="velodyne",
-        help="depth a projected Velodyne point writes: the scanner's forward distance x (default, the legacy "
-        "convention of the Eigen split's ground truth, monodepth2's) or the camera's z",
-    )
+    add_kitti_arguments(kitti)
     kitti.add_argument(
         "--kb_crop",
         action="store_true",

@@ -38,7 +38,7 @@ from data import (
     resize,
     resize_measured_depth_m,
 )
-from kitti import VELODYNE_DEPTHS, KittiDataset, is_kitti_list
+from kitti import KittiDataset, add_kitti_arguments, is_kitti_list
 from utils import UserError, run_main, writable_dir, write_bytes
 
 OUTPUT_SCALE = 256  # metres x 256 in uint16, KITTI's own convention (to 256 m)
@@ -55,9 +55,7 @@ def get_args_parser():
     )
     parser.add_argument("--output_dir", required=True, help="where the filled depth and filled.csv are written")
     parser.add_argument("--depth_scale", type=float, help=DEPTH_SCALE_HELP)
-    parser.add_argument("--kitti_raw", help="KITTI's raw drives, for a KITTI list (docs/kitti.md)")
-    parser.add_argument("--kitti_depth", help="KITTI's annotated depth; default: depth projected from the Velodyne")
-    parser.add_argument("--velodyne_depth", choices=VELODYNE_DEPTHS, default="velodyne", help=argparse.SUPPRESS)
+    add_kitti_arguments(parser.add_argument_group("with --data a KITTI split list (docs/kitti.md)"))
     parser.add_argument(
         "--size",
         choices=("full", "half"),

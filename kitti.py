@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from data import DecodeError, FailedSample, augment, decode_depth, decode_rgb
+from data import DecodeError, PairDataset, decode_depth, decode_rgb
 from utils import UserError
 
 # KITTI's evaluation protocols (monodepth2, BTS, AdaBins) count ground truth with 1e-3 < d < 80 m.
@@ -234,12 +233,11 @@ def write_velodyne(path, points):
 # ----------------------------------------------------------------------------- the dataset
 
 
-class KittiDataset(Dataset):
+class KittiDataset(PairDataset):
     """The frames of a split list, from --kitti_raw, with ground truth from --kitti_depth's annotated
     PNGs or else projected from the Velodyne.
 
-    Like data.NYUDepthDataset: an item is (image (3, H, W) uint8, depth_m (1, H, W) float metres,
-    0 where nothing was measured), augmented if `augment`, or a FailedSample. Frames without ground
+    Items as data.PairDataset's, depth 0 where nothing was measured. Frames without ground
     truth (None in a BTS list, or no annotated PNG) are left out and counted in `num_without_gt`.
     Every file a kept frame needs is checked to be there when the list is read.
     """
@@ -328,20 +326,6 @@ class KittiDataset(Dataset):
         text = f"{len(self)} of {self.num_listed} frames scored"
         return text + (f"; {self.num_without_gt} without ground truth" if self.num_without_gt else "")
 
-    def __len__(self):
-        return len(self.frames)
-
-    def __getitem__(self, item):
-        index, augment_seed = item if isinstance(item, tuple) else (item, None)
-        try:
-            image, depth_m = self.load_pair(index)
-        except DecodeError as err:
-            return FailedSample(self.pairs[index], str(err))
-        if self.augment:
-            generator = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
-            image, depth_m = augment(image, depth_m, generator)
-        return image, depth_m
-
     def load_pair(self, index):
         """The decoded frame `index` and its ground truth; DecodeError naming the file that is wrong."""
         image = _decoded(decode_rgb, self.images[index])
@@ -379,6 +363,26 @@ def _existing_dir(path, flag):
     if not path.is_dir():
         raise UserError(f"{flag} {path} is not a folder")
     return path
+
+
+def add_kitti_arguments(group):
+    """--kitti_raw, --kitti_depth and --velodyne_depth, for the scripts that read KITTI's lists."""
+    group.add_argument(
+        "--kitti_raw",
+        help="KITTI's raw drives as unzipped: DATE/calib_*.txt, DATE/DRIVE/image_02/data, velodyne_points",
+    )
+    group.add_argument(
+        "--kitti_depth",
+        help="ground truth from KITTI's annotated depth (data_depth_annotated: train/ and val/, or merged), as "
+        "BTS, AdaBins and monodepth2's eigen_benchmark; default: projected from the Velodyne, as monodepth2's eigen",
+    )
+    group.add_argument(
+        "--velodyne_depth",
+        choices=VELODYNE_DEPTHS,
+        default="velodyne",
+        help="depth a projected Velodyne point writes: the scanner's forward distance x (default, the legacy "
+        "convention of the Eigen split's ground truth, monodepth2's) or the camera's z",
+    )
 
 
 def is_kitti_list(path):

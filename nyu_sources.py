@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from data import NYU_SIZE, DirectoryArchive, FailedSample, NYUDepthDataset, augment
+from data import NYU_SIZE, DecodeError, DirectoryArchive, NYUDepthDataset, PairDataset
 from utils import HDF5_SIGNATURE, UserError
 
 GROUND_TRUTHS = ("filled", "raw")  # the labeled .mat's depths (colorization-filled) or rawDepths
@@ -147,11 +146,11 @@ def write_splits(path, train_indices, test_indices):
     savemat(path, {"trainNdxs": column(train_indices), "testNdxs": column(test_indices)})
 
 
-class LabeledDataset(Dataset):
+class LabeledDataset(PairDataset):
     """Pictures of the labeled .mat at the given 0-based indices, with the chosen ground truth.
 
-    Like data.NYUDepthDataset: (image (3, 480, 640) uint8, depth_m (1, 480, 640) float metres), augmented
-    if `augment`. Raw depth has holes (0), masked as in datasets of one's own; filled depth is dense.
+    Items as data.PairDataset's, 480x640. Raw depth has holes (0), masked as in datasets of one's
+    own; filled depth is dense.
     """
 
     def __init__(self, mat, indices, ground_truth="filled", augment=False):
@@ -166,23 +165,13 @@ class LabeledDataset(Dataset):
         """Raw depth has holes, which training and validation mask; the filled depth is dense, as NYU's zip."""
         return self.ground_truth == "raw"
 
-    def __len__(self):
-        return len(self.indices)
-
     def load_pair(self, index):
-        image = torch.from_numpy(self.mat.picture(self.indices[index])).permute(2, 0, 1)
-        depth_m = torch.from_numpy(self.mat.depth_m(self.indices[index], self.ground_truth))[None]
-        return image, depth_m
-
-    def __getitem__(self, item):
-        index, augment_seed = item if isinstance(item, tuple) else (item, None)
+        """Picture `index` of the split and its depth; DecodeError if the file cannot be read there."""
         try:
-            image, depth_m = self.load_pair(index)
+            image = torch.from_numpy(self.mat.picture(self.indices[index])).permute(2, 0, 1)
+            depth_m = torch.from_numpy(self.mat.depth_m(self.indices[index], self.ground_truth))[None]
         except (OSError, KeyError) as err:
-            return FailedSample(self.pairs[index], f"could not be read ({err})")
-        if self.augment:
-            generator = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
-            image, depth_m = augment(image, depth_m, generator)
+            raise DecodeError(f"{self.pairs[index][0]} could not be read ({err})") from err
         return image, depth_m
 
 

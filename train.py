@@ -71,7 +71,7 @@ from tqdm import tqdm
 
 from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs, open_training_sets
 from depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
-from kitti import KITTI_GT_RANGE_M, VELODYNE_DEPTHS, KittiDataset, is_kitti_list, open_kitti_sets
+from kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list, open_kitti_sets
 from loss import SSIM_WINDOW, DepthLoss
 from metrics import DepthMetrics, format_table
 from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint, variant_from_config
@@ -273,22 +273,7 @@ def get_args_parser():
     nyu.add_argument("--data_root", help="the folder a BTS list's paths are relative to (sync/ for training)")
     nyu.add_argument("--val_data_root", help="the folder --val_data's BTS list is relative to (default: --data_root)")
     kitti = parser.add_argument_group("with --data_dir a KITTI split list (docs/kitti.md)")
-    kitti.add_argument(
-        "--kitti_raw",
-        help="KITTI's raw drives as unzipped: DATE/calib_*.txt, DATE/DRIVE/image_02/data, velodyne_points",
-    )
-    kitti.add_argument(
-        "--kitti_depth",
-        help="depth from KITTI's annotated depth (data_depth_annotated: train/ and val/, or merged); default: "
-        "projected from the Velodyne",
-    )
-    kitti.add_argument(
-        "--velodyne_depth",
-        choices=VELODYNE_DEPTHS,
-        default="velodyne",
-        help="depth a projected Velodyne point writes: the scanner's forward distance x (default, monodepth2's) "
-        "or the camera's z",
-    )
+    add_kitti_arguments(kitti)
     optional.add_argument(
         "--max_bad_fraction",
         type=float,
