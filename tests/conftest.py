@@ -1,40 +1,9 @@
 """Shared fixtures: tiny NYU-format zips rendered by the project's own generator."""
 
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import TINY_SIZE, tiny_train_argv
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sample_data import write_sample_data  # noqa: E402
-
-TINY_SIZE = (48, 64)  # height, width
-
-
-def tiny_train_argv(data, checkpoint_dir, *extra, epochs=1, batch_size=4):
-    """train.py's flags (strings) for a tiny CPU run at 64x64; a new run (no --checkpoint among
-    `extra`) gets a narrow decoder, a resumed one the checkpoint's. Later flags win."""
-    argv = ["--data_dir", data, "--checkpoint_dir", checkpoint_dir, "--epochs", epochs, "--batch_size", batch_size]
-    argv += ["--input_size", 64, 64, "--no_pretrained"]
-    argv += [] if "--checkpoint" in extra else ["--decoder_width", 0.0625]
-    return [str(arg) for arg in argv + list(extra)]
-
-
-def run_script(script, argv, capsys):
-    """(exit status, stdout, stderr) of train.py or evaluate.py (the module) run in-process with `argv`,
-    through run_main as on the command line."""
-    from utils import run_main
-
-    args = script.get_args_parser().parse_args([str(arg) for arg in argv])
-    try:
-        run_main(script.main, args)
-        status = 0
-    except SystemExit as exit:
-        status = exit.code
-    out, err = capsys.readouterr()
-    return status, out, err
+from sample_data import write_sample_data
 
 
 def pytest_configure(config):

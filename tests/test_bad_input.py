@@ -5,46 +5,21 @@ The scripts run in-process through run_main, the same path as their command line
 
 import io
 import json
-import re
 import zipfile
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SIZE, run_script, tiny_train_argv
+from helpers import TINY_SIZE, assert_one_clear_line, rewrite_zip, run_script, tiny_train_argv
 from PIL import Image
 
 import evaluate
 import train
-from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, TRAIN_CSV, encode_picture, write_member, write_npy_member
-
-PROGRESS_BAR = re.compile(r"\d+/\d+ \[[\d:?]+<")
-
-
-def assert_one_clear_line(result, *needles):
-    """Exit status 2 and, besides progress bars, one line on stderr holding all the needles."""
-    status, _, err = result
-    assert status == 2, err
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip() and not PROGRESS_BAR.search(line)]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
+from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, TRAIN_CSV, encode_picture, write_npy_member
 
 
 def train_argv(data, checkpoint_dir, *extra, epochs=1, batch_size=4):
     return tiny_train_argv(data, checkpoint_dir, "--workers", 0, *extra, epochs=epochs, batch_size=batch_size)
-
-
-def rewrite_zip(source, target, replace=None, drop=()):
-    """A copy of zip `source` with some members replaced (name -> bytes) or left out."""
-    replace = replace or {}
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
-        for name in old.namelist():
-            if name not in drop:
-                write_member(new, name, replace.get(name, old.read(name)))
-        for name in replace.keys() - set(old.namelist()):
-            write_member(new, name, replace[name])
-    return target
 
 
 def first_pair(train_zip):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -255,7 +255,7 @@ def test_compiled_runs_save_the_plain_models_weights(tiny_zips, tmp_path, monkey
 
 
 def test_a_new_lr_applies_when_resuming_a_constant_schedule(tiny_zips, tiny_checkpoint, tmp_path, capsys):
-    from conftest import run_script, tiny_train_argv
+    from helpers import run_script, tiny_train_argv
 
     import train
 

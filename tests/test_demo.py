@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_script
+from helpers import ROOT, assert_one_clear_line, run_script
 from PIL import Image
-from test_bad_input import assert_one_clear_line
 
 import demo
 import evaluate
@@ -104,7 +103,7 @@ def test_bad_input_gives_a_message_and_the_server_goes_on(server, picture, tmp_p
 
 def test_the_video_tab_gives_the_depth_video_and_refuses_bad_clips(server, tmp_path):
     av = pytest.importorskip("av", reason="the video tab needs requirements-video.txt")
-    from test_video import decoded_frames, write_clip
+    from helpers import decoded_frames, write_clip
 
     clip = write_clip(tmp_path / "clip.mp4", count=6)
     client = gradio_client.Client(server, verbose=False)
@@ -129,9 +128,11 @@ def test_without_a_model_it_says_how_to_get_one(monkeypatch, tmp_path, capsys):
 def video_for_browser(folder):
     """A short clip for the browser test's video tab, or None without PyAV."""
     try:
-        from test_video import write_clip
-    except pytest.skip.Exception:
+        import av  # noqa: F401 (only whether it is there)
+    except ImportError:
         return None
+    from helpers import write_clip
+
     return write_clip(folder / "clip.mp4", count=6)
 
 

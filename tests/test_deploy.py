@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from helpers import ROOT, assert_one_clear_line, run_script
 from PIL import Image
-from test_bad_input import assert_one_clear_line
 
 import evaluate
 import export

@@ -13,8 +13,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import ROOT, run_script, tiny_train_argv
-from test_bad_input import rewrite_zip
+from helpers import ROOT, rewrite_zip, run_script, tiny_train_argv
 
 import train
 from data import TRAIN_CSV, TrainingOrder, collate_pairs

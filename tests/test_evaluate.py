@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from helpers import run_script
 from PIL import Image
 
 import evaluate

@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
-from test_bad_input import assert_one_clear_line
+from helpers import assert_one_clear_line, run_script
 
 import fill_depth
 import train

@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_SIZE, tiny_train_argv
+from helpers import ROOT, TINY_SIZE, tiny_train_argv
 
 import evaluate
 import train

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_script
+from helpers import assert_one_clear_line, run_script
 from PIL import Image
-from test_bad_input import assert_one_clear_line
 
 import convert_weights
 import evaluate

@@ -9,10 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from helpers import assert_one_clear_line, run_script
 from kitti_tree import DATE, DRIVES, KITTI_SIZE, P_RECT_02, R_RECT_00, VELO_R, VELO_T, write_kitti_tree
 from PIL import Image
-from test_bad_input import assert_one_clear_line
 
 import evaluate
 import train

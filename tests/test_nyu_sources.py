@@ -8,9 +8,8 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from conftest import run_script
+from helpers import assert_one_clear_line, run_script
 from PIL import Image
-from test_bad_input import assert_one_clear_line
 
 import evaluate
 import train

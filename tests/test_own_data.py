@@ -6,9 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SIZE, run_script
+from helpers import TINY_SIZE, assert_one_clear_line, run_script
 from PIL import Image
-from test_bad_input import assert_one_clear_line
 
 import evaluate
 import train

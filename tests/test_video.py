@@ -5,9 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_script
+from helpers import assert_one_clear_line, decoded_frames, run_script, write_clip
 from PIL import Image
-from test_bad_input import assert_one_clear_line
 
 import evaluate
 import video
@@ -17,32 +16,6 @@ av = pytest.importorskip("av", reason="PyAV is in requirements-video.txt, which 
 SIZE = (64, 96)  # height, width
 RATE = 12
 COUNT = 14
-
-
-def write_clip(path, count=COUNT, rate=RATE, size=SIZE, seed=0):
-    """A small H.264 clip: a red box sliding over a two-tone wall, with noise."""
-    rng = np.random.default_rng(seed)
-    height, width = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        container.start_encoding()  # the header, even with no frame
-        for index in range(count):
-            picture = np.full((height, width, 3), 90, dtype=np.uint8)
-            picture[:, : width // 2] = 200
-            picture[10:40, 5 + 3 * index : 35 + 3 * index] = (230, 30, 30)
-            picture = np.clip(picture + rng.integers(0, 25, picture.shape), 0, 255).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
-        container.mux(stream.encode(None))
-    return path
-
-
-def decoded_frames(path):
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        info = (stream.codec_context.name, stream.codec_context.pix_fmt, stream.width, stream.height,
-                stream.average_rate)  # fmt: skip
-        return info, [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
 
 
 def test_a_video_gives_a_depth_video_and_the_depth_of_each_frame(varied_checkpoint, tmp_path, capsys):

@@ -99,7 +99,12 @@ def test_ply_holds_every_pixel_with_its_colour():
 def history(epochs):
     rng = np.random.default_rng(0)
     return [
-        {"epoch": e, "train_loss": 1 / e, "seconds": 2.5, **dict(zip(METRIC_NAMES, rng.random(len(METRIC_NAMES)).tolist()))}
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "seconds": 2.5,
+            **dict(zip(METRIC_NAMES, rng.random(len(METRIC_NAMES)).tolist())),
+        }
         for e in range(1, epochs + 1)
     ]
 
