@@ -178,7 +178,6 @@ class Filler:
         self.dataset, self.outputs, self.out_dir, self.size, self.alpha = dataset, outputs, out_dir, size, alpha
 
     def __call__(self, index):
-        torch.set_num_threads(1)  # one process a core
         try:
             image, depth_m = self.dataset.load_pair(index)
             filled = fill_pair(image, depth_m, self.size, self.alpha)
@@ -186,6 +185,12 @@ class Filler:
             return index, f"{self.dataset.pairs[index][1]}: {err}"
         write_bytes(self.out_dir / self.outputs[index][1], encode_depth_file(filled, "png16", OUTPUT_SCALE))
         return index, None
+
+
+def one_thread():
+    """A worker process's torch uses one thread: one process a core. (Not set in the calling process,
+    whose other work keeps its threads.)"""
+    torch.set_num_threads(1)
 
 
 def write_list(out_dir, outputs):
@@ -215,7 +220,7 @@ def main(args):
             results = map(filler, todo)
             pool = None
         else:
-            pool = multiprocessing.get_context("spawn").Pool(min(args.workers, len(todo)))
+            pool = multiprocessing.get_context("spawn").Pool(min(args.workers, len(todo)), initializer=one_thread)
             results = pool.imap_unordered(filler, todo)
         for _, why in results:
             if why is not None:
