@@ -510,6 +510,16 @@ def is_rgbd_dataset(path):
     return path.suffix.lower() == ".csv" or ((path / "rgb").is_dir() and (path / "depth").is_dir())
 
 
+def first_line_of_list(path):
+    """The first non-empty line of a .txt list file, stripped ('' for anything else): what the list
+    readers (KITTI's, BTS's NYU lists) tell the lists apart by."""
+    path = Path(path)
+    if path.suffix.lower() != ".txt" or not path.is_file():
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as file:
+        return next((line.strip() for line in file if line.strip()), "")
+
+
 def open_rgbd_pairs(path, flag):
     """(archive, pairs) of a dataset of one's own: the lines of a CSV (paths relative to it), or the
     pictures of folder/rgb each with the depth file of the same name in folder/depth."""

@@ -271,9 +271,7 @@ def evaluate_zip(model, input_size, args, device, dtype):
     label = f"{crop_name} crop" if crop_name else f"Eigen crop {list(test_set.crop)}"
     settings = {"crop": crop_name or list(test_set.crop)}
     if args.protocol:
-        label += f", ground truth {protocol.gt_range_m[0]:g} < d < {protocol.gt_range_m[1]:g} m" * bool(
-            protocol.gt_range_m
-        )
+        label += range_label(protocol.gt_range_m, ", ground truth")
         settings.update(protocol=args.protocol, gt_range_m=protocol.gt_range_m and list(protocol.gt_range_m))
     report_metrics(metrics, label, args, input_size, device, dtype, **settings)
     if examples.picked:
@@ -303,10 +301,10 @@ def evaluate_kitti(model, dataset, input_size, args, device, dtype):
         + ("annotated depth" if dataset.source == "annotated" else f"Velodyne ({args.velodyne_depth} depth)")
     )
     crop_name = args.crop or "garg"
-    low, high = KITTI_GT_RANGE_M
     where = f"{crop_name} crop" + (" of the full frame, predicted on the KB crop" if args.kb_crop else "")
+    label = where + range_label(KITTI_GT_RANGE_M, ", ground truth")
     score_dataset(
-        model, dataset, input_size, args, device, dtype, crop_name, f"{where}, ground truth {low:g} < d < {high:g} m",
+        model, dataset, input_size, args, device, dtype, crop_name, label,
         Bounds(gt_range_m=KITTI_GT_RANGE_M), kb_crop=args.kb_crop, crop=crop_name,
         gt_range_m=list(KITTI_GT_RANGE_M), ground_truth=dataset.source, frames_listed=dataset.num_listed,
         frames_without_gt=dataset.num_without_gt, frames=dataset.describe_counts(),
@@ -332,13 +330,16 @@ def evaluate_nyu_source(model, opened, input_size, args, device, dtype):
     dataset, name, source = opened
     protocol = NYU_PROTOCOLS[name]
     crop_name = args.crop or protocol.crop
-    label = f"{crop_name} crop, {source['ground_truth']} ground truth"
-    if protocol.gt_range_m:
-        label += f" {protocol.gt_range_m[0]:g} < d < {protocol.gt_range_m[1]:g} m"
+    label = f"{crop_name} crop, {source['ground_truth']} ground truth" + range_label(protocol.gt_range_m)
     score_dataset(
         model, dataset, input_size, args, device, dtype, crop_name, label, Bounds(gt_range_m=protocol.gt_range_m),
         protocol=name, crop=crop_name, gt_range_m=protocol.gt_range_m and list(protocol.gt_range_m), **source,
     )  # fmt: skip
+
+
+def range_label(gt_range_m, prefix=""):
+    """' 0.001 < d < 10 m' (after `prefix`) for a ground-truth range; '' for none."""
+    return f"{prefix} {gt_range_m[0]:g} < d < {gt_range_m[1]:g} m" if gt_range_m else ""
 
 
 class Bounds(NamedTuple):

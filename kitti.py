@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import DecodeError, PairDataset, decode_depth, decode_rgb
+from data import DecodeError, PairDataset, decode_depth, decode_rgb, first_line_of_list
 from utils import UserError
 
 # KITTI's evaluation protocols (monodepth2, BTS, AdaBins) count ground truth with 1e-3 < d < 80 m.
@@ -66,11 +66,7 @@ class KittiFrame:
 
 def list_kind(path):
     """'bts' or 'monodepth2' if the file's first line has that list's shape, else None."""
-    path = Path(path)
-    if path.suffix.lower() != ".txt" or not path.is_file():
-        return None
-    with open(path, encoding="utf-8", errors="replace") as file:
-        first = next((line.strip() for line in file if line.strip()), "")
+    first = first_line_of_list(path)
     if _BTS_LINE.match(first):
         return "bts"
     if _MONODEPTH2_LINE.match(first):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import NYU_SIZE, DecodeError, DirectoryArchive, NYUDepthDataset, PairDataset
+from data import NYU_SIZE, DecodeError, DirectoryArchive, NYUDepthDataset, PairDataset, first_line_of_list
 from utils import HDF5_SIGNATURE, UserError
 
 GROUND_TRUTHS = ("filled", "raw")  # the labeled .mat's depths (colorization-filled) or rawDepths
@@ -180,11 +180,7 @@ class LabeledDataset(PairDataset):
 
 def is_bts_nyu_list(path):
     """Whether `path` is one of BTS's NYU lists (a .txt whose first line is 'rgb depth focal')."""
-    path = Path(path)
-    if path.suffix.lower() != ".txt" or not path.is_file():
-        return False
-    with open(path, encoding="utf-8", errors="replace") as file:
-        first = next((line.strip() for line in file if line.strip()), "")
+    first = first_line_of_list(path)
     return bool(BTS_NYU_LINE.match(first)) and "/image_0" not in first
 
 
