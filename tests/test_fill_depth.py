@@ -53,6 +53,21 @@ def test_the_equations_are_the_toolboxs_and_the_solve_is_exact():
     np.testing.assert_allclose(filled.ravel(), dense, rtol=1e-9)
 
 
+def test_the_nested_dissection_solve_equals_scipys_pivoting_solve():
+    from scipy.sparse.linalg import spsolve
+
+    rng = np.random.default_rng(2)
+    height, width = 41, 67  # several levels of dissection, both split directions, odd sides
+    order = fill_depth.nested_dissection_order(height, width)
+    np.testing.assert_array_equal(np.sort(order), np.arange(height * width))
+    gray = rng.random((height, width))
+    known = rng.random((height, width)) < 0.05
+    system = colorization_system(gray, known)
+    rhs = known.ravel() * rng.uniform(0.1, 1, height * width)
+    expected = spsolve(system.tocsc(), rhs)
+    np.testing.assert_allclose(fill_depth.solve_on_grid(system, rhs, height, width), expected, rtol=1e-9, atol=1e-12)
+
+
 def test_constant_depth_stays_constant_and_nothing_measured_is_refused():
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
@@ -61,6 +76,34 @@ def test_constant_depth_stays_constant_and_nothing_measured_is_refused():
     np.testing.assert_allclose(fill_depth_colorization(rgb, depth_m), 7.5, rtol=1e-9)
     with pytest.raises(ValueError, match="no measured pixel"):
         fill_depth_colorization(rgb, np.zeros((20, 30)))
+
+
+def test_linear_is_exact_on_a_plane_inside_the_hull_and_filled_outside():
+    rng = np.random.default_rng(3)
+    rows, cols = np.indices((30, 40), dtype=np.float64)
+    plane = 5 + 0.2 * rows + 0.05 * cols
+    sparse = np.zeros_like(plane)
+    sparse[12::4, ::3] = plane[12::4, ::3]  # scan lines from 12 rows down: nothing above
+    rgb = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    filled = fill_depth.fill_depth_linear(rgb, sparse)
+    hull = slice(12, 29), slice(0, 40)
+    np.testing.assert_allclose(filled[hull], plane[hull], rtol=1e-9)
+    assert np.isfinite(filled).all() and (filled[:12] > 0).all()
+    one_line = np.zeros_like(plane)
+    one_line[20, ::3] = 7.0  # collinear: no triangle, so the colorization alone
+    np.testing.assert_allclose(fill_depth.fill_depth_linear(rgb, one_line), fill_depth_colorization(rgb, one_line))
+
+
+def test_method_linear_from_the_command_line(tmp_path, capsys):
+    csv = write_rgbd_folder(tmp_path / "pairs", sparse_pairs(1), "png16", png_scale=256)
+    argv = ["--data", csv, "--depth_scale", 256, "--output_dir", tmp_path / "out", "--workers", 1]
+    status, stdout, err = run_script(fill_depth, [*argv, "--method", "linear"], capsys)
+    assert status == 0 and "by linear" in stdout, err
+    from data import decode_depth
+
+    depth_m = decode_depth((tmp_path / "out/pairs/depth/00000.png").read_bytes(), 256)[0].numpy()
+    truth = 30 / (1 + np.arange(40)[:, None] / 8)
+    assert np.median(np.abs(depth_m - truth) / truth)[()] < 0.02
 
 
 def sparse_pairs(count, seed=0, size=(40, 56)):
