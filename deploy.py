@@ -12,21 +12,30 @@ model's depth range) and the upsampling back to the input's size:
 The files carry this, the depth range and the size the model was trained at in their
 metadata (ONNX metadata_props; TorchScript's extra file metadata.json).
 
-onnx, onnxscript and onnxruntime are needed only here: requirements-deploy.txt.
+It also quantises a model to INT8 inside PyTorch (PT2E, torchao's X86InductorQuantizer,
+compiled by Inductor onto oneDNN's INT8 kernels: AMX tiles on Intel Xeon 4th generation and
+later) for evaluate.py --precision int8.
+
+onnx, onnxscript, onnxruntime and torchao are needed only here: requirements-deploy.txt.
 """
 
 import importlib
+import importlib.util
 import json
 import logging
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from data import RGB_SUFFIXES, EigenTestZip, resize
 from depth import DepthRange, target_to_depth_m
-from utils import UserError
+from utils import UserError, auto_precision_reason, autocast, cpu_has_amx_int8, precision_name
 
 INPUT_NAME, OUTPUT_NAME = "image", "depth_m"
 
@@ -207,3 +216,163 @@ def quantize_int8(onnx_path, int8_path, calibration, per_channel=True):
         graph.metadata_props.add(key=prop.key, value=prop.value)
     graph.metadata_props.add(key="quantization", value="static INT8, QDQ, per-channel weights, uint8 activations")
     onnx.save(graph, str(int8_path))
+
+
+def calibration_pictures(source, count, input_size, uint8_input):
+    """`count` pictures at the model's input size, (1, 3, H, W) arrays of the model's input type."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"--calibration {source} does not exist (render the sample data: python sample_data.py)")
+    if source.suffix.lower() == ".zip":
+        rgb = next(EigenTestZip(source).batches(count))[0]
+        pictures = [torch.from_numpy(picture).permute(2, 0, 1) for picture in rgb]
+    else:
+        files = (
+            sorted(f for f in source.rglob("*") if f.suffix.lower() in RGB_SUFFIXES) if source.is_dir() else [source]
+        )
+        if not files:
+            raise UserError(f"--calibration {source} holds no pictures ({' '.join(RGB_SUFFIXES)})")
+        pictures = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files[:count]]
+    resized = [resize(picture[None].float(), input_size).round().clamp(0, 255) for picture in pictures]
+    return [(picture.to(torch.uint8) if uint8_input else picture / 255).numpy() for picture in resized]
+
+
+# ----------------------------------------------------------------------------- INT8 inside PyTorch
+
+INT8_MIN_AGREEMENT = 0.99  # share of pixels within 1.25x of fp32's depth (delta1 against fp32)
+INT8_CALIBRATION_COUNT = 8  # pictures (each with its mirror) that set the activations' ranges
+CALIBRATION_HELP = (
+    "pictures int8 is calibrated on: an Eigen test zip, a folder of pictures (default %(default)s; give pictures "
+    "like yours)"
+)
+
+
+class Int8DepthModel:
+    """A DenseDepth network quantised to INT8 (quantize_pt2e), shaped for protocol.predict_depth_m:
+    called on (N, 3, H, W) pictures in [0, 1], it gives the network's output as the model does."""
+
+    def __init__(self, network, depth_range):
+        self.network, self.depth_range = network, depth_range
+
+    def __call__(self, images):
+        return self.network(images.float())
+
+    def to(self, *args, **kwargs):  # oneDNN's INT8 kernels run on the CPU
+        return self
+
+    def eval(self):
+        return self
+
+
+def calibration_batches(calibration):
+    """Each calibration picture with its mirror, in [0, 1] and channels_last: what the network sees."""
+    for picture in calibration:
+        image = torch.from_numpy(picture).float() / 255
+        yield torch.cat([image, image.flip(-1)]).contiguous(memory_format=torch.channels_last)
+
+
+def quantize_pt2e(model, calibration, compile=True):
+    """`model` (on the CPU, eval) as an Int8DepthModel: exported with any batch, height and width,
+    quantised statically by torchao's X86InductorQuantizer (int8 per-channel weights, uint8
+    activations) calibrated on `calibration` (calibration_pictures, uint8), and compiled by Inductor
+    (compile=False runs the quantised graph as it is: the same arithmetic, slowly)."""
+    pt2e = _import("torchao.quantization.pt2e.quantize_pt2e")
+    x86 = _import("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    batches = list(calibration_batches(calibration))
+    auto = torch.export.Dim.AUTO
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export's and torchao's notices about their own internals
+        graph = torch.export.export(model, (batches[0],), dynamic_shapes=[{0: auto, 2: auto, 3: auto}]).module()
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = pt2e.prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for batch in batches:
+                prepared(batch)
+        network = pt2e.convert_pt2e(prepared)
+    return Int8DepthModel(torch.compile(network) if compile else network, model.depth_range)
+
+
+def agreement(model, int8_model, batches):
+    """Share of pixels where the INT8 network's depth is within 1.25x of fp32's."""
+    within = total = 0
+    with torch.no_grad():
+        for batch in batches:
+            reference = target_to_depth_m(model(batch).float(), model.depth_range)
+            quantized = target_to_depth_m(int8_model(batch).float(), model.depth_range)
+            ratio = torch.maximum(reference / quantized, quantized / reference)
+            within += int((ratio < 1.25).sum())
+            total += ratio.numel()
+    return within / total
+
+
+def seconds_per_batch(run, batch, repeats=2):
+    """Best of `repeats` seconds of run(batch), after one untimed call (which compiles)."""
+    with torch.no_grad():
+        run(batch)
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(batch)
+            seconds.append(time.perf_counter() - start)
+    return min(seconds)
+
+
+def int8_not_tried(device):
+    """Why --precision auto does not try INT8 here (None: it does): it needs the CPU, torchao, and
+    AMX-INT8, where oneDNN's INT8 kernels are expected to beat bf16; without AMX, INT8 measured
+    slower than fp32 (docs/deployment.md)."""
+    if device.type != "cpu":
+        return "INT8 runs on the CPU"
+    if importlib.util.find_spec("torchao") is None:
+        return "INT8 needs torchao (pip install -r requirements-deploy.txt)"
+    if not cpu_has_amx_int8():
+        return "this CPU has no AMX-INT8"
+    return None
+
+
+def choose_int8(model, dtype, precision, calibration, compile=True):
+    """(model, dtype) to predict with on the CPU, and one line saying why. --precision int8: the
+    model quantised (quantize_pt2e) and torch.int8. 'auto' (dtype: its choice among fp32 and bf16):
+    the same where int8_not_tried allows, INT8 runs faster than `dtype` on a calibration picture
+    and its mirror, and agrees with fp32 on INT8_MIN_AGREEMENT of the pixels; else unchanged."""
+    started = time.perf_counter()
+    int8_model = quantize_pt2e(model, calibration, compile)
+    batches = list(calibration_batches(calibration))
+    share = agreement(model, int8_model, batches[:4])
+    built = time.perf_counter() - started
+    if precision == "int8":
+        return (
+            int8_model,
+            torch.int8,
+            (
+                f"precision int8: quantised and compiled in {built:.0f} s; within 1.25x of fp32's depth on "
+                f"{share:.1%} of the calibration pixels"
+            ),
+        )
+    with autocast(torch.device("cpu"), dtype):
+        base_s = seconds_per_batch(model, batches[0])
+    int8_s = seconds_per_batch(int8_model, batches[0])
+    name = precision_name(dtype)
+    timing = f"INT8 {int8_s:.2f} s a picture and its mirror against {name}'s {base_s:.2f} s"
+    if share < INT8_MIN_AGREEMENT:
+        return model, dtype, f"precision auto: {name}; INT8 agrees with fp32 on only {share:.1%} of the pixels"
+    if int8_s >= base_s:
+        return model, dtype, f"precision auto: {name}; {timing}"
+    return int8_model, torch.int8, f"precision auto: int8; {timing}, within 1.25x of fp32 on {share:.1%} of the pixels"
+
+
+def prediction_model(model, dtype, input_size, precision, calibration, device):
+    """The model and dtype to predict with (evaluate.py, demo.py): --precision int8, and 'auto' where
+    INT8 may be the fastest (int8_not_tried), go through choose_int8, calibrated on the pictures of
+    `calibration` (a path); 'auto' prints what it picked and why, in one line."""
+    if not isinstance(model, torch.nn.Module):  # an exported .onnx: onnxruntime's own arithmetic
+        return model, dtype
+    not_tried = int8_not_tried(device) if precision == "auto" else None
+    if precision == "int8" or (precision == "auto" and not_tried is None):
+        pictures = calibration_pictures(calibration, INT8_CALIBRATION_COUNT, input_size, uint8_input=True)
+        model, dtype, line = choose_int8(model, dtype, precision, pictures)
+        print(line)
+    elif precision == "auto":
+        print(f"precision auto: {precision_name(dtype)} ({auto_precision_reason(dtype, device)}); "
+              f"INT8 not tried: {not_tried}")  # fmt: skip
+    return model, dtype

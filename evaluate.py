@@ -48,6 +48,7 @@ from data import (
     is_rgbd_dataset,
     open_rgbd_pairs,
 )
+from deploy import CALIBRATION_HELP, prediction_model
 from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs
 from kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list
 from metrics import AGGREGATIONS, DepthMetrics, format_table
@@ -73,7 +74,7 @@ from protocol import (
 )
 from utils import (
     DEVICE_HELP,
-    PRECISIONS,
+    PREDICTION_PRECISIONS,
     UserError,
     autocast,
     choose_device,
@@ -136,10 +137,17 @@ def get_args_parser():
     )
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=PREDICTION_PRECISIONS,
         default="auto",
-        help="autocast precision; 'auto': bf16 on GPUs that have it and on CPUs where it measures faster, "
-        "fp16 on older GPUs, else fp32; metrics are computed in fp32 either way",
+        help="autocast precision, or int8: the model quantised on the CPU (needs requirements-deploy.txt); "
+        "'auto': bf16 on GPUs that have it and on CPUs where it measures faster, fp16 on older GPUs, else fp32, "
+        "and int8 on CPUs with AMX where it measures faster still; it says which and why. Metrics are computed in "
+        "fp32 either way",
+    )
+    parser.add_argument(
+        "--calibration",
+        default="data/sample/nyu_test.zip",
+        help=CALIBRATION_HELP,
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (worth it on CUDA for large test sets)"
@@ -684,6 +692,7 @@ def main(args):
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
     model, input_size = load_model(args.model, device)
+    model, dtype = prediction_model(model, dtype, input_size, args.precision, args.calibration, device)
     if args.compile and isinstance(model, torch.nn.Module):
         model = torch.compile(model)
     if kitti:

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from data import RGB_SUFFIXES, EigenTestZip, resize
 from deploy import (
     DepthInMetres,
+    calibration_pictures,
     example_input,
     export_onnx,
     export_torchscript,
@@ -83,25 +82,6 @@ def check_export(module, path, file_format, input_size, uint8_input):
     if worst > 1e-3:
         raise UserError(f"{path} does not give PyTorch's depth (relative difference {worst:.1e}); it is not usable")
     return worst
-
-
-def calibration_pictures(source, count, input_size, uint8_input):
-    """`count` pictures at the model's input size, (1, 3, H, W) arrays of the model's input type."""
-    source = Path(source)
-    if not source.exists():
-        raise UserError(f"--calibration {source} does not exist (render the sample data: python sample_data.py)")
-    if source.suffix.lower() == ".zip":
-        rgb = next(EigenTestZip(source).batches(count))[0]
-        pictures = [torch.from_numpy(picture).permute(2, 0, 1) for picture in rgb]
-    else:
-        files = (
-            sorted(f for f in source.rglob("*") if f.suffix.lower() in RGB_SUFFIXES) if source.is_dir() else [source]
-        )
-        if not files:
-            raise UserError(f"--calibration {source} holds no pictures ({' '.join(RGB_SUFFIXES)})")
-        pictures = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files[:count]]
-    resized = [resize(picture[None].float(), input_size).round().clamp(0, 255) for picture in pictures]
-    return [(picture.to(torch.uint8) if uint8_input else picture / 255).numpy() for picture in resized]
 
 
 def write_int8(args, module, input_size, uint8_input):

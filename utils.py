@@ -133,7 +133,24 @@ def choose_device(name="auto"):
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Prediction also runs a model quantised to int8 (deploy.choose_int8) on the CPU; torch.int8 stands
+# for it where a dtype is passed down, and autocast is off for it.
+PREDICTION_PRECISIONS = (*PRECISIONS, "int8")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo; empty where there is none (macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            return set(file.read().split())
+    except OSError:
+        return set()
+
+
+def cpu_has_amx_int8():
+    """Whether the CPU has AMX's INT8 tiles (Intel Xeon 4th generation, Sapphire Rapids, and later)."""
+    return "amx_int8" in cpu_flags()
 
 
 def cpu_has_native_bf16():
@@ -142,12 +159,7 @@ def cpu_has_native_bf16():
     Read from /proc/cpuinfo; where there is none (macOS, Windows) the answer is no, and
     --precision bf16 still asks for it explicitly.
     """
-    try:
-        with open("/proc/cpuinfo") as file:
-            flags = set(file.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def time_convolution(dtype, repeats=5):
@@ -194,8 +206,10 @@ def choose_precision(name, device):
     bf16 on a CPU that runs convolutions at least CPU_BF16_MIN_SPEEDUP times faster in it
     (cpu_bf16_speedup), else fp32.
     """
-    if name not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name not in PREDICTION_PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PREDICTION_PRECISIONS)}, got {name!r}")
+    if name == "int8" and device.type != "cpu":
+        raise UserError(f"--precision int8 runs on the CPU (oneDNN's INT8 kernels), not on {device}: use bf16 there")
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False)
         if name == "auto":
@@ -208,9 +222,20 @@ def choose_precision(name, device):
     return _DTYPES[name]
 
 
+def auto_precision_reason(dtype, device):
+    """Why choose_precision('auto', device) gave `dtype`, in a few words."""
+    if device.type == "cuda":
+        return "this GPU has bf16" if dtype == torch.bfloat16 else "this GPU has no bf16"
+    if not cpu_has_native_bf16():
+        return "this CPU has no native bf16"
+    verb = "run" if dtype == torch.bfloat16 else "only run"
+    return f"bf16 convolutions {verb} {cpu_bf16_speedup():.1f}x as fast as fp32's here"
+
+
 def autocast(device, dtype):
-    """The one mixed-precision context: autocast to `dtype` on `device`, or nothing for float32."""
-    if dtype == torch.float32:
+    """The one mixed-precision context: autocast to `dtype` on `device`, or nothing for float32 (and
+    int8, whose model is quantised itself)."""
+    if dtype in (torch.float32, torch.int8):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
