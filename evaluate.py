@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from data import (
     DEPTH_SCALE_HELP,
+    RGB_SUFFIXES,
     DirectoryArchive,
     EigenTestZip,
     FailedSample,
@@ -522,7 +523,7 @@ def rgb_array(picture):
 
 
 # What --img reads from a directory or a glob (a file named explicitly is tried whatever its suffix).
-PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+PICTURE_SUFFIXES = (*RGB_SUFFIXES, ".pgm")
 
 
 def find_pictures(specs, output_dir):

@@ -124,7 +124,9 @@ REPLACED_ON_RESUME = ("checkpoint", "weights", "pretrained")
 
 def add_setting(group, flag, default, **kwargs):
     """Add a flag that defines what a run trains: left out, it is the checkpoint's when resuming
-    (the model's with --weights), else `default` (which its help states)."""
+    (the model's with --weights), else `default`, which its help is told."""
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    kwargs["help"] = f"{kwargs['help']} (default {shown}, or the checkpoint's)"
     action = group.add_argument(flag, **kwargs)
     action.setting_default = default
 
@@ -159,13 +161,13 @@ def get_args_parser():
         help="start a new run from these model weights, with a new optimizer (fine-tuning): a checkpoint of this "
         "project, or the DenseDepth authors' nyu.h5 / kitti.h5; their architecture and depth range come with them",
     )
-    add_setting(optional, "--lr", 1e-4, type=float, help="Learning rate (Adam; default 1e-4, or the checkpoint's)")
+    add_setting(optional, "--lr", 1e-4, type=float, help="learning rate (Adam's)")
     add_setting(
         optional,
         "--optimizer",
         "adam",
         choices=OPTIMIZERS,
-        help="adam (the default, the paper's) or amsgrad: Adam's variant that never raises a weight's step "
+        help="adam (the paper's) or amsgrad: Adam's variant that never raises a weight's step "
         "size, which the authors' Keras code trains with (Adam(amsgrad=True))",
     )
     add_setting(
@@ -173,27 +175,30 @@ def get_args_parser():
         "--lr_schedule",
         "constant",
         choices=LR_SCHEDULES,
-        help="constant (the default, the paper's) or cosine: a linear warmup over --warmup_steps, then a cosine "
+        help="constant (the paper's) or cosine: a linear warmup over --warmup_steps, then a cosine "
         "decay to 0 at the run's end (for short runs from scratch, as the quick start's)",
     )
-    add_setting(
-        optional, "--warmup_steps", 0, type=int, help="steps of linear warmup for --lr_schedule cosine (default 0)"
-    )
+    add_setting(optional, "--warmup_steps", 0, type=int, help="steps of linear warmup for --lr_schedule cosine")
     add_setting(
         optional,
         "--l1_weight",
         0.1,
         type=float,
-        help="weight of the loss's L1 term (default 0.1, the paper's, or the checkpoint's)",
+        help="weight of the loss's L1 term (the default is the paper's)",
     )
     add_setting(
         optional,
         "--gradient_weight",
         1.0,
         type=float,
-        help="weight of the loss's image-gradient term (default 1, the paper's, or the checkpoint's)",
+        help="weight of the loss's image-gradient term (the default is the paper's)",
     )
-    optional.add_argument("--log_interval", type=int, default=100, help="Interval to print the avg. loss and metrics")
+    optional.add_argument(
+        "--log_interval",
+        type=int,
+        default=100,
+        help="steps between printed average losses and metrics (default %(default)s)",
+    )
     add_setting(
         optional,
         "--input_size",
@@ -201,22 +206,21 @@ def get_args_parser():
         type=int,
         nargs=2,
         metavar=("HEIGHT", "WIDTH"),
-        help="network input size (default 480 640 as NYU's pictures, or the checkpoint's); smaller trains "
-        "faster on a CPU",
+        help="network input size (the default is NYU's pictures'); smaller trains faster on a CPU",
     )
     add_setting(
         optional,
         "--decoder_width",
         1.0,
         type=float,
-        help="decoder width factor: 1.0 (the default) is the paper's model, 0.5 the original code's default",
+        help="decoder width factor: 1.0 is the paper's model, 0.5 the original code's default",
     )
     add_setting(
         optional,
         "--decoder_padding",
         "zeros",
         choices=DECODER_PADDINGS,
-        help="how the decoder's 3x3 convolutions pad: zeros (the default, the paper's) or replicate, repeating "
+        help="how the decoder's 3x3 convolutions pad: zeros (the paper's) or replicate, repeating "
         "the border pixels (the quick start's: no bright dots in the corners of a model trained in minutes)",
     )
     optional.add_argument(
@@ -229,9 +233,7 @@ def get_args_parser():
         "--workers", type=int, help="DataLoader workers (default: a few per GPU, half the cores on a CPU)"
     )
     optional.add_argument("--device", default="auto", help=DEVICE_HELP)
-    add_setting(
-        optional, "--seed", 0, type=int, help="random seed for initialisation, shuffling and augmentation (default 0)"
-    )
+    add_setting(optional, "--seed", 0, type=int, help="random seed for initialisation, shuffling and augmentation")
     optional.add_argument(
         "--precision",
         choices=PRECISIONS,

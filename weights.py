@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
-from model import Variant, settings_config, variant_from_config
+from model import ENCODER_CHANNELS, Variant, settings_config, variant_from_config
 from utils import HDF5_SIGNATURE, UserError, load_checkpoint
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras_h5")
@@ -46,7 +46,6 @@ DATASETS = {
 }
 
 DENSENET169_BLOCKS = (6, 12, 32, 32)
-ENCODER_CHANNELS = 1664
 # The decoder's skip connections, block by block: the Keras layer each up block concatenates.
 KERAS_SKIPS = ("pool3_pool", "pool2_pool", "pool1", "conv1_relu")
 DECODER_LAYERS = ("conv2", *(f"up{i}_conv{ab}" for i in range(1, 5) for ab in "AB"), "conv3")

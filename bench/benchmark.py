@@ -27,6 +27,7 @@ saved as JSON beside the run's checkpoint.
 
 import argparse
 import concurrent.futures
+import importlib.util
 import io
 import itertools
 import json
@@ -826,8 +827,24 @@ def export_pair(model_file, out_dir, calibration_zip):
     return onnx_path, onnx_path.with_suffix(".int8.onnx")
 
 
-def case_deploy_speed(kind, path, repeats, threads):
-    """Seconds to predict one 640x480 picture and its mirror (one batch of 2), as each runtime does it."""
+def pytorch_model(kind, path, test_zip, size, compile=True):
+    """(model, autocast dtype, seconds spent quantising and compiling) of a PyTorch row; int8 is
+    quantised by PT2E, calibrated on the test zip's pictures as export.py --int8 is."""
+    device = torch.device("cpu")
+    model, _ = load_model(path, device)
+    if kind != "pytorch int8":
+        return model, torch.bfloat16 if kind == "pytorch bf16" else torch.float32, 0.0
+    from deploy import INT8_CALIBRATION_COUNT, calibration_pictures, quantize_pt2e
+
+    started = time.perf_counter()
+    calibration = calibration_pictures(test_zip, INT8_CALIBRATION_COUNT, size, uint8_input=True)
+    return quantize_pt2e(model, calibration, compile), torch.int8, time.perf_counter() - started
+
+
+def case_deploy_speed(kind, path, repeats, threads, test_zip):
+    """Seconds to predict one 640x480 picture and its mirror (one batch of 2), as each runtime does it;
+    for PyTorch INT8 also the seconds to quantise and the first call's (Inductor's compile: its cache
+    is cold in the first fresh process and warm in the next)."""
     torch.set_num_threads(threads)
     size = (480, 640)
     pictures = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
@@ -838,20 +855,26 @@ def case_deploy_speed(kind, path, repeats, threads):
         feed = {"image": pictures.numpy()}
         return {"seconds": timed(lambda: model.session.run(None, feed), torch.device("cpu"), repeats)}
     device = torch.device("cpu")
-    dtype = torch.bfloat16 if kind == "pytorch bf16" else torch.float32
-    model, _ = load_model(path, device)
+    model, dtype, quantise_s = pytorch_model(kind, path, test_zip, size)
 
     def predict():
         with torch.inference_mode(), autocast(device, dtype):
             return predict_depth_m(model, pictures[:1], size, size, flip=True)
 
-    return {"seconds": timed(predict, device, repeats)}
+    started = time.perf_counter()
+    predict()
+    first_s = time.perf_counter() - started
+    return {"seconds": timed(predict, device, repeats, warmup=0), "quantise_s": quantise_s, "first_call_s": first_s}
 
 
 def case_deploy_accuracy(kind, path, test_zip):
+    """Per-image delta1 and abs rel on the test zip (INT8 uncompiled: the same arithmetic, minutes sooner)."""
     device = torch.device("cpu")
-    model, input_size = load_model(path, device)
-    dtype = torch.bfloat16 if kind == "pytorch bf16" else torch.float32
+    _, input_size = load_model(path, device)
+    if kind.startswith("onnxruntime"):
+        model, dtype = load_model(path, device)[0], torch.float32
+    else:
+        model, dtype, _ = pytorch_model(kind, path, test_zip, input_size, compile=False)
     test_set = EigenTestZip(test_zip)
     metrics = evaluate_protocol(model, eigen_batches(test_set, 4), input_size, test_set.crop, device, dtype)
     values = metrics.compute("per_image")
@@ -877,13 +900,16 @@ def run_deploy_cases(args, checkpoint, test_zip):
         "onnxruntime fp32": (paper_files[0], trained_files[0]),
         "onnxruntime int8": (paper_files[1], trained_files[1]),
     }
+    if importlib.util.find_spec("torchao") is not None:
+        kinds["pytorch int8"] = (paper, checkpoint)
     threads = os.cpu_count() or 1
     results = {}
     for kind, (speed_file, accuracy_file) in kinds.items():
-        runs = [in_fresh_process(case_deploy_speed, kind, str(speed_file), args.repeats, threads)
+        runs = [in_fresh_process(case_deploy_speed, kind, str(speed_file), args.repeats, threads, str(test_zip))
                 for _ in range(args.rounds)]  # fmt: skip
         results[kind] = {
             "seconds": min(run["seconds"] for run in runs),
+            "build_s": [run.get("quantise_s", 0) + run.get("first_call_s", 0) for run in runs],
             **in_fresh_process(case_deploy_accuracy, kind, str(accuracy_file), str(test_zip)),
         }
         print(f"{kind}: {results[kind]['seconds']:.3f} s, delta1 {results[kind]['delta1']:.4f}", flush=True)
@@ -902,18 +928,22 @@ def format_deploy_report(machine, results, checkpoint):
             f"| {kind} | {result['seconds']:.3f} | {bf16['seconds'] / result['seconds']:.2f}x "
             f"| {result['delta1']:.4f} | {result['abs_rel']:.4f} |"
         )
-    int8 = results["onnxruntime int8"]
-    speed_met = bf16["seconds"] / int8["seconds"] >= 1.5
-    accuracy_met = abs(int8["delta1"] - fp32["delta1"]) <= 0.01
-    lines += [
-        "",
-        f"accuracy: per-image, the sample test zip, weights {checkpoint} (exported the same way)",
-        (
-            f"INT8 >= 1.5x over PyTorch bf16: {'met' if speed_met else 'NOT met'}; "
-            f"INT8 delta1 within 0.01 of fp32: {'met' if accuracy_met else 'NOT met'} "
-            f"({int8['delta1'] - fp32['delta1']:+.4f})"
-        ),
-    ]
+    for name in ("onnxruntime int8", "pytorch int8"):
+        if name not in results:
+            lines.append(f"\n{name}: not measured (needs requirements-deploy.txt)")
+            continue
+        int8 = results[name]
+        speed_met = bf16["seconds"] / int8["seconds"] >= 1.5
+        accuracy_met = abs(int8["delta1"] - fp32["delta1"]) <= 0.01
+        lines.append(
+            f"\n{name} >= 1.5x over PyTorch bf16: {'met' if speed_met else 'NOT met'}; delta1 within 0.01 of fp32: "
+            f"{'met' if accuracy_met else 'NOT met'} ({int8['delta1'] - fp32['delta1']:+.4f})"
+        )
+    if "pytorch int8" in results:
+        cold, *warm = results["pytorch int8"]["build_s"]
+        warm_text = f", {min(warm):.0f} s with Inductor's cache warm" if warm else ""
+        lines.append(f"pytorch int8: quantising and the first call (compile) took {cold:.0f} s cold{warm_text}")
+    lines.append(f"accuracy: per-image, the sample test zip, weights {checkpoint} (exported the same way)")
     return "\n".join(lines)
 
 
