@@ -5,7 +5,7 @@
 
 The file is read with h5py alone: nothing in it is run, and neither Keras nor TensorFlow is
 needed. What it holds (decoder width, activations, the end of the trunk, upsampling, BatchNorm
-epsilon) is read from its own model_config and weight shapes; see weights.py. The checkpoint
+epsilon) is read from its own model_config and weight shapes; see densedepth/weights.py. The checkpoint
 holds the model's weights and settings, not a training run: evaluate.py --model takes it (or the
 .h5 itself), and train.py --weights fine-tunes from it.
 """
@@ -13,9 +13,9 @@ holds the model's weights and settings, not a training run: evaluate.py --model 
 import argparse
 from pathlib import Path
 
+from densedepth.weights import DATASETS, describe, keras_checkpoint
 from model import count_parameters, model_from_checkpoint
 from utils import UserError, run_main, save_checkpoint, writable_dir
-from weights import DATASETS, describe, keras_checkpoint
 
 
 def get_args_parser():

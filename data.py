@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.io import ImageReadMode, decode_image
 
-from depth import NYU_DEPTH_RANGE, depth_m_to_target, target_to_depth_m
+from densedepth.depth import NYU_DEPTH_RANGE, depth_m_to_target, target_to_depth_m
 from utils import UserError
 
 # torchvision.io decodes several times faster than PIL; it is deprecated in torchvision 0.29 in favour

@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 
 from data import NYU_INTRINSICS, scaled_intrinsics
-from deploy import CALIBRATION_HELP, prediction_model
-from inference import depth_of_pictures, load_model, picture_outputs
+from densedepth.deploy import CALIBRATION_HELP, prediction_model
+from densedepth.inference import depth_of_pictures, load_model, picture_outputs
+from densedepth.visualize import backproject
 from utils import DEVICE_HELP, PREDICTION_PRECISIONS, UserError, choose_device, choose_precision, run_main
-from visualize import backproject
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent / "runs/quickstart/checkpoints/last.pth"
 MAX_PIXELS = 40_000_000  # a bigger picture is refused in the page, not fed to the network
@@ -110,8 +110,8 @@ class DepthDemo:
         """A video file (Gradio's upload path) -> (the depth video beside the clip, summary)."""
         import gradio as gr
 
+        from densedepth.video import VideoOptions, depth_of_video, video_seconds
         from utils import Stopped
-        from video import VideoOptions, depth_of_video, video_seconds
 
         path = check_video(path)
         try:

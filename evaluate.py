@@ -49,11 +49,10 @@ from data import (
     is_rgbd_dataset,
     open_rgbd_pairs,
 )
-from deploy import CALIBRATION_HELP, prediction_model
-from inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs
-from kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list
-from metrics import AGGREGATIONS, DepthMetrics, format_table
-from nyu_sources import (
+from densedepth.deploy import CALIBRATION_HELP, prediction_model
+from densedepth.inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs
+from densedepth.kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list
+from densedepth.nyu_sources import (
     BTS_DEPTH_SCALE,
     GROUND_TRUTHS,
     LabeledDataset,
@@ -63,7 +62,7 @@ from nyu_sources import (
     read_bts_nyu_list,
     read_splits,
 )
-from protocol import (
+from densedepth.protocol import (
     CROPS,
     NYU_PROTOCOLS,
     crop,
@@ -73,6 +72,16 @@ from protocol import (
     predict_depth_m,
     resolve_crop,
 )
+from densedepth.video import VIDEO_SUFFIXES, VideoOptions, depth_of_video, is_video, require_av
+from densedepth.visualize import (
+    DEPTH_CMAP,
+    depth_range,
+    example_indices,
+    example_panel,
+    example_tiles,
+    png_bytes,
+)
+from metrics import AGGREGATIONS, DepthMetrics, format_table
 from utils import (
     DEVICE_HELP,
     PREDICTION_PRECISIONS,
@@ -86,15 +95,6 @@ from utils import (
     run_main,
     writable_dir,
     write_bytes,
-)
-from video import VIDEO_SUFFIXES, VideoOptions, depth_of_video, is_video, require_av
-from visualize import (
-    DEPTH_CMAP,
-    depth_range,
-    example_indices,
-    example_panel,
-    example_tiles,
-    png_bytes,
 )
 
 

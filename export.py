@@ -5,7 +5,7 @@
     python export.py --model checkpoints/last.pth --format onnx --output densedepth.onnx --int8 \\
         --calibration data/sample/nyu_test.zip
 
-The file is one network from pictures to metres (deploy.py): input "image" (N, 3, H, W)
+The file is one network from pictures to metres (densedepth/deploy.py): input "image" (N, 3, H, W)
 RGB uint8 (or float in [0, 1] with --input float), any N, H and W; output "depth_m"
 (N, 1, H, W) in metres. Nothing of this repository is needed to run it: onnxruntime (or
 any ONNX runtime) for the .onnx, torch.jit.load for the .pt. Each export is checked
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy import (
+from densedepth.deploy import (
     DepthInMetres,
     calibration_pictures,
     example_input,
@@ -31,9 +31,9 @@ from deploy import (
     metadata,
     quantize_int8,
 )
+from densedepth.weights import load_weights
 from model import model_from_checkpoint
 from utils import UserError, run_main, writable_dir
-from weights import load_weights
 
 
 def get_args_parser():

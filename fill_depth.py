@@ -40,7 +40,7 @@ from data import (
     resize,
     resize_measured_depth_m,
 )
-from kitti import KittiDataset, add_kitti_arguments, is_kitti_list
+from densedepth.kitti import KittiDataset, add_kitti_arguments, is_kitti_list
 from utils import UserError, run_main, writable_dir, write_bytes
 
 OUTPUT_SCALE = 256  # metres x 256 in uint16, KITTI's own convention (to 256 m)

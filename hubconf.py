@@ -23,9 +23,9 @@ def densedepth(weights=None, metres=False, dataset=None):
     """DenseDepth in eval mode: the network (pictures in [0, 1] -> its target y at half size,
     model.depth_range converts), or with metres=True one module from pictures to depth in metres
     at their size. dataset ('nyu' or 'kitti') names an .h5's depth range when its name does not."""
-    from deploy import DepthInMetres
+    from densedepth.deploy import DepthInMetres
+    from densedepth.weights import load_weights
     from model import DenseDepth, model_from_checkpoint
-    from weights import load_weights
 
     if weights is None:
         model = DenseDepth()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depth import NYU_DEPTH_RANGE
+from densedepth.depth import NYU_DEPTH_RANGE
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

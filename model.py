@@ -2,11 +2,11 @@
 
 The network takes RGB images in [0, 1] (N, 3, H, W) and returns the depth target
 y = max_depth / depth at half the input resolution (N, 1, H/2, W/2): for NYU Depth
-v2, y = 1000 / depth_cm with depth in [10, 1000] cm. A model's `depth_range` (depth.py) holds
+v2, y = 1000 / depth_cm with depth in [10, 1000] cm. A model's `depth_range` (densedepth/depth.py) holds
 that parametrisation and its inverse (`depth_m_to_target`, `target_to_depth_m`);
 training, evaluation and prediction all go through them. A model's `variant` holds
 the details in which the authors' released Keras models differ from this project's
-own (weights.py reads them from each file).
+own (densedepth/weights.py reads them from each file).
 """
 
 from dataclasses import asdict, dataclass, fields
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import DenseNet169_Weights, densenet169
 
-from depth import NYU_DEPTH_RANGE, DepthRange
+from densedepth.depth import NYU_DEPTH_RANGE, DepthRange
 from utils import UserError
 
 

@@ -1,4 +1,4 @@
-"""Built-in sample data: rendered rooms (scenes.py) written as the two NYU Depth v2 zips.
+"""Built-in sample data: rendered rooms (rendering/scenes.py) written as the two NYU Depth v2 zips.
 
     python sample_data.py --out data/sample
     python sample_data.py --out data/sample_rgbd --layout folders
@@ -37,8 +37,8 @@ from data import (
     write_member,
     write_npy_member,
 )
-from protocol import scaled_eigen_crop
-from scenes import render_scene
+from densedepth.protocol import scaled_eigen_crop
+from rendering.scenes import render_scene
 from utils import UserError, atomic_write, run_main, write_bytes
 
 # ----------------------------------------------------------------------------- writing the zips

@@ -44,7 +44,7 @@ elsewhere; the loss is computed in fp32.
 --compile adds torch.compile (for CUDA runs; on a CPU it compiles for minutes).
 
 Each epoch ends with the metrics on the zip's test split (the evaluation
-protocol, protocol.py) and writes checkpoint_dir/last.pth; the epoch with
+protocol, densedepth/protocol.py) and writes checkpoint_dir/last.pth; the epoch with
 the lowest abs rel is also kept as checkpoint_dir/best.pth. Beside them, each
 epoch rewrites log.csv (loss and metrics per epoch) and curves.png, adds
 predictions/epoch_NNN.png (fixed test-split pictures: input | ground truth |
@@ -53,7 +53,7 @@ installed; the run ends with a summary. Checkpoints are written whole or not at
 all. Pairs that do not load are skipped and reported, up to --max_bad_fraction of
 a split; a loss that is not finite stops the run without saving, keeping the last
 good checkpoint. The machinery behind these (steps, checkpoints, agreement between
-processes) is in training.py and utils.py; this file is the recipe.
+processes) is in densedepth/training.py and utils.py; this file is the recipe.
 """
 
 import argparse
@@ -70,14 +70,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs, open_training_sets
-from depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
-from kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list, open_kitti_sets
-from loss import SSIM_WINDOW, DepthLoss
-from metrics import DepthMetrics, format_table
-from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint, variant_from_config
-from nyu_sources import GROUND_TRUTHS, is_bts_nyu_list, is_labeled_mat, open_nyu_source_sets
-from protocol import evaluate_protocol
-from training import (
+from densedepth.depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
+from densedepth.kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list, open_kitti_sets
+from densedepth.nyu_sources import GROUND_TRUTHS, is_bts_nyu_list, is_labeled_mat, open_nyu_source_sets
+from densedepth.protocol import evaluate_protocol
+from densedepth.training import (
     LR_SCHEDULES,
     OPTIMIZERS,
     Guards,
@@ -94,6 +91,11 @@ from training import (
     train_step,
     training_batch,
 )
+from densedepth.visualize import TrainingLog, preview_grid, preview_samples
+from densedepth.weights import describe, is_keras_file, load_weights
+from loss import SSIM_WINDOW, DepthLoss
+from metrics import DepthMetrics, format_table
+from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint, variant_from_config
 from utils import (
     DEVICE_HELP,
     PRECISIONS,
@@ -112,8 +114,6 @@ from utils import (
     start_world,
     writable_dir,
 )
-from visualize import TrainingLog, preview_grid, preview_samples
-from weights import describe, is_keras_file, load_weights
 
 # The smallest input side whose half-size output holds the SSIM window.
 MIN_INPUT_SIDE = 2 * SSIM_WINDOW - 1

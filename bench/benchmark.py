@@ -1,21 +1,21 @@
 """Speed and memory of this repo's fast paths, each measured in the same run beside the straightforward path.
 
 On the built-in sample data at 640x480 (rendered into data/bench first if it is not there):
-    python bench/benchmark.py
+    python -m bench.benchmark
 On a GPU, with torch.compile for the training row:
-    python bench/benchmark.py --device cuda --compile
+    python -m bench.benchmark --device cuda --compile
 Deployment only (needs requirements-deploy.txt): PyTorch fp32 and bf16 against onnxruntime
 fp32 and INT8, on the CPU:
-    python bench/benchmark.py --deploy
+    python -m bench.benchmark --deploy
 KITTI only: a Velodyne scan projected to ground truth on one core, and the published model's
 seconds per 1242x375 frame (kitti.h5's architecture and input size, random weights):
-    python bench/benchmark.py --kitti
+    python -m bench.benchmark --kitti
 fill_depth.py only: seconds to fill a 1242x375 frame (full and half size, one core) and the
 accuracy of the colorization beside nearest and linear interpolation on rendered rooms:
-    python bench/benchmark.py --fill
+    python -m bench.benchmark --fill
 Videos only (needs requirements-video.txt): frames per second at 640x480 and the share of the time
 the network is busy, for the quick start's model and the paper's, and the flicker of a still camera:
-    python bench/benchmark.py --video
+    python -m bench.benchmark --video
 
 The straightforward path is what a first port of DenseDepth does: fp32,
 contiguous memory, the mirror image as a second forward pass, the test arrays
@@ -44,9 +44,6 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import numpy as np
 import torch
 from PIL import Image
@@ -61,13 +58,13 @@ from data import (
     open_training_data,
     read_pairs,
 )
-from inference import load_model
+from densedepth.inference import load_model
+from densedepth.nyu_sources import LabeledDataset, LabeledMat, read_splits, write_labeled_mat, write_splits
+from densedepth.protocol import crop, eigen_batches, evaluate_protocol, predict_depth_m
+from densedepth.training import build_optimizer, train_step, training_batch
 from loss import DepthLoss
 from metrics import DepthMetrics
 from model import DenseDepth, model_config, output_size
-from nyu_sources import LabeledDataset, LabeledMat, read_splits, write_labeled_mat, write_splits
-from protocol import crop, eigen_batches, evaluate_protocol, predict_depth_m
-from training import build_optimizer, train_step, training_batch
 from utils import (
     DEVICE_HELP,
     autocast,
@@ -78,6 +75,8 @@ from utils import (
     precision_name,
     write_bytes,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def get_args_parser():
@@ -582,7 +581,7 @@ def format_report(machine, rows, accuracy):
 # ----------------------------------------------------------------------------- KITTI
 
 KITTI_FRAME = (375, 1242)  # a 2011_09_26 frame
-KITTI_NETWORK = (384, 1248)  # kitti.h5's input size (weights.py)
+KITTI_NETWORK = (384, 1248)  # kitti.h5's input size (densedepth/weights.py)
 
 
 def velodyne_scan(seed=0):
@@ -599,7 +598,7 @@ def velodyne_scan(seed=0):
 
 def case_velodyne(repeats, folder):
     """Milliseconds to read a scan's .bin and project it to a frame's ground truth, on one core."""
-    from kitti import camera_projection, read_velodyne, velodyne_depth_m, write_calibration, write_velodyne
+    from densedepth.kitti import camera_projection, read_velodyne, velodyne_depth_m, write_calibration, write_velodyne
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -695,7 +694,7 @@ def fill_accuracy(rooms=6):
     from scipy.interpolate import griddata
 
     from fill_depth import fill_depth_colorization, fill_depth_linear
-    from scenes import render_scene
+    from rendering.scenes import render_scene
 
     errors = {}
     for room in range(rooms):
@@ -755,7 +754,7 @@ def still_camera_clip(path, frames, noise, seed=0):
     with fresh Gaussian noise of `noise` grey levels (as a sensor's), at 30 frames/s."""
     import av
 
-    from scenes import render_scene
+    from rendering.scenes import render_scene
 
     _, views = render_scene(seed, 1, 0, 1, 640, 480)
     rgb = views[0][0].astype(np.float32)
@@ -773,7 +772,7 @@ def still_camera_clip(path, frames, noise, seed=0):
 def case_video(device_name, checkpoint, clip, out_dir, batch_size=4):
     """Frames per second, network busy share and flicker (mean |depth_k - depth_k-1| in metres) of
     evaluate.py's video path on `clip`; checkpoint None: the paper's model, random weights, at 480x640."""
-    from video import VideoOptions, depth_of_video
+    from densedepth.video import VideoOptions, depth_of_video
 
     torch.manual_seed(0)
     device = choose_device(device_name)
@@ -834,7 +833,7 @@ def pytorch_model(kind, path, test_zip, size, compile=True):
     model, _ = load_model(path, device)
     if kind != "pytorch int8":
         return model, torch.bfloat16 if kind == "pytorch bf16" else torch.float32, 0.0
-    from deploy import INT8_CALIBRATION_COUNT, calibration_pictures, quantize_pt2e
+    from densedepth.deploy import INT8_CALIBRATION_COUNT, calibration_pictures, quantize_pt2e
 
     started = time.perf_counter()
     calibration = calibration_pictures(test_zip, INT8_CALIBRATION_COUNT, size, uint8_input=True)
@@ -849,7 +848,7 @@ def case_deploy_speed(kind, path, repeats, threads, test_zip):
     size = (480, 640)
     pictures = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
     if kind.startswith("onnxruntime"):
-        from deploy import OnnxDepthModel
+        from densedepth.deploy import OnnxDepthModel
 
         model = OnnxDepthModel(path, threads=threads)
         feed = {"image": pictures.numpy()}

@@ -1,6 +1,6 @@
 """The constant-depth baseline: predict the training set's mean depth at every pixel.
 
-    python scripts/constant_baseline.py --train_data data/sample/nyu_data.zip --data data/sample/nyu_test.zip
+    python -m scripts.constant_baseline --train_data data/sample/nyu_data.zip --data data/sample/nyu_test.zip
 
 Scores it on an Eigen test zip with the same crop and metrics as evaluate.py.
 A model that has learnt anything must beat it clearly; the quick start prints both.
@@ -8,18 +8,15 @@ A model that has learnt anything must beat it clearly; the quick start prints bo
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data import TRAIN_CSV, DecodeError, EigenTestZip, decode_depth_png, open_training_data, read_pairs  # noqa: E402
+from data import TRAIN_CSV, DecodeError, EigenTestZip, decode_depth_png, open_training_data, read_pairs
+from densedepth.protocol import crop
 from metrics import DepthMetrics, format_table
-from protocol import crop  # noqa: E402
-from utils import UserError, run_main, write_bytes  # noqa: E402
+from utils import UserError, run_main, write_bytes
 
 
 def get_args_parser():

@@ -7,10 +7,10 @@ along scan lines as a LiDAR sees it, the toolbox's colorization fill of that, an
 import argparse
 
 from bench.benchmark import lidar_samples
+from densedepth.visualize import colorize_depth, png_bytes, side_by_side
 from fill_depth import fill_depth_colorization
-from scenes import render_scene
+from rendering.scenes import render_scene
 from utils import write_bytes
-from visualize import colorize_depth, png_bytes, side_by_side
 
 
 def main():

@@ -36,7 +36,7 @@ stage "evaluating the last epoch on the Eigen-format test zip"
 $PY evaluate.py --model $RUN/checkpoints/last.pth --data data/sample/nyu_test.zip --output_dir $RUN
 
 stage "for comparison: predicting the training set's mean depth everywhere"
-$PY scripts/constant_baseline.py --train_data data/sample/nyu_data.zip --data data/sample/nyu_test.zip --output_dir $RUN
+$PY -m scripts.constant_baseline --train_data data/sample/nyu_data.zip --data data/sample/nyu_test.zip --output_dir $RUN
 
 stage "predicting the depth of a picture"
 $PY evaluate.py --model $RUN/checkpoints/last.pth --img data/sample/example.png --output_dir $RUN \

@@ -15,7 +15,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from scenes import render_scene
+from rendering.scenes import render_scene
 
 FRAMES, RATE = 24, 12
 

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from data import encode_depth_file
-from kitti import camera_projection, write_calibration, write_velodyne
+from densedepth.kitti import camera_projection, write_calibration, write_velodyne
 
 KITTI_SIZE = (375, 1242)  # height, width of a 2011_09_26 frame
 DATE = "2011_09_26"

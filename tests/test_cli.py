@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def run(script, *args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+    """A script by its path (train.py) or a module by its name (scripts.constant_baseline, run from the root)."""
+    command = [sys.executable, str(ROOT / script)] if script.endswith(".py") else [sys.executable, "-m", script]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 TRAIN_FLAGS = [
@@ -206,7 +206,7 @@ def test_bad_input_gets_one_line_and_no_trace(script, args, needle, tmp_path):
 
 def test_constant_baseline_script(tiny_zips, tmp_path):
     result = run(
-        "scripts/constant_baseline.py", "--train_data", tiny_zips[0], "--data", tiny_zips[1], "--output_dir", tmp_path
+        "scripts.constant_baseline", "--train_data", tiny_zips[0], "--data", tiny_zips[1], "--output_dir", tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert "constant depth" in result.stdout and "delta1" in result.stdout

@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-import scenes
 from data import (
     EIGEN_CROP_NYU,
     NYU_INTRINSICS,
@@ -29,7 +28,8 @@ from data import (
     read_pairs,
     write_npy_member,
 )
-from protocol import scaled_eigen_crop
+from densedepth.protocol import scaled_eigen_crop
+from rendering import scenes
 from sample_data import write_sample_data
 from utils import UserError
 

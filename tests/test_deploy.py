@@ -14,7 +14,7 @@ from PIL import Image
 
 import evaluate
 import export
-from deploy import DepthInMetres, example_input, load_torchscript_metadata
+from densedepth.deploy import DepthInMetres, example_input, load_torchscript_metadata
 from model import DenseDepth, Variant, model_config, model_from_checkpoint
 from utils import load_checkpoint
 

@@ -17,7 +17,7 @@ from helpers import ROOT, rewrite_zip, run_script, tiny_train_argv
 
 import train
 from data import TRAIN_CSV, TrainingOrder, collate_pairs
-from depth import depth_m_to_target
+from densedepth.depth import depth_m_to_target
 from loss import DepthLoss
 from model import model_from_checkpoint
 from sample_data import write_sample_data

@@ -61,3 +61,11 @@ def test_anchors_follow_githubs_rules():
     assert (
         github_anchor("Deployment: ONNX, TorchScript, INT8, torch.hub") == "deployment-onnx-torchscript-int8-torchhub"
     )
+
+
+def test_the_layout_drawn_in_architecture_md_is_the_repositorys():
+    drawing = re.search(r"## The layout\n\n```text\n(.*?)```", (ROOT / "docs/architecture.md").read_text(), re.DOTALL)
+    names = set(re.findall(r"(?<![\w./-])([\w]+\.py|[\w]+/)(?=\s)", drawing.group(1)))
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    top = {name.split("/")[0] + "/" if "/" in name else name for name in tracked}
+    assert names == {name for name in top if name.endswith((".py", "/")) and not name.startswith(".")}

@@ -9,8 +9,8 @@ from helpers import run_script
 from PIL import Image
 
 import evaluate
+from densedepth.protocol import predict_depth_m
 from evaluate import find_pictures, load_picture, network_size, same_size_batches
-from protocol import predict_depth_m
 from utils import UserError, load_checkpoint
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from helpers import assert_one_clear_line, run_script
 
-import deploy
 import evaluate
 import utils
+from densedepth import deploy
 from model import DenseDepth
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="requirements-deploy.txt")

@@ -19,7 +19,7 @@ from helpers import ROOT, TINY_SIZE, tiny_train_argv
 import evaluate
 import train
 from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, write_npy_member
-from training import learning_rate
+from densedepth.training import learning_rate
 from utils import Stopped, UserError, load_checkpoint, save_checkpoint
 
 
@@ -235,8 +235,7 @@ def test_weights_that_are_not_finite_are_never_saved(tiny_zips, tmp_path, monkey
 
 
 SAVER = """
-import sys, torch
-sys.path.insert(0, {root!r})
+import torch
 from utils import save_checkpoint
 states = [{{"model": {{"w": torch.full((4_000_000,), float(i))}}, "config": {{}}, "args": {{}}}} for i in range(2)]
 save_checkpoint(states[1], {path!r})
@@ -254,7 +253,7 @@ def test_a_run_killed_while_saving_leaves_a_whole_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(4):
         saver = subprocess.Popen(
-            [sys.executable, "-c", SAVER.format(root=str(ROOT), path=str(path))], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", SAVER.format(path=str(path))], stdout=subprocess.PIPE, text=True, cwd=ROOT
         )
         assert saver.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.2, 0.6))

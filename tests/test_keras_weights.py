@@ -20,7 +20,7 @@ from PIL import Image
 import convert_weights
 import evaluate
 import train
-import weights
+from densedepth import weights
 from model import Variant, model_from_checkpoint
 from utils import load_checkpoint
 

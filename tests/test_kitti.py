@@ -15,8 +15,8 @@ from PIL import Image
 
 import evaluate
 import train
-from depth import KITTI_DEPTH_RANGE
-from kitti import (
+from densedepth.depth import KITTI_DEPTH_RANGE
+from densedepth.kitti import (
     KittiDataset,
     camera_projection,
     list_kind,
@@ -25,8 +25,8 @@ from kitti import (
     velodyne_depth_m,
     write_calibration,
 )
+from densedepth.protocol import crop_box, kb_crop_box
 from model import DenseDepth, settings_config
-from protocol import crop_box, kb_crop_box
 
 NUM_FRAMES = sum(len(frames) for frames in DRIVES.values())
 

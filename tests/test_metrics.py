@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from densedepth.protocol import crop
 from metrics import METRIC_NAMES, DepthMetrics, format_table
-from protocol import crop
 
 
 def test_metrics_of_one_image_by_hand():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from data import resize
-from depth import depth_m_to_target, target_to_depth_m
+from densedepth.depth import depth_m_to_target, target_to_depth_m
+from densedepth.protocol import predict_depth_m
 from model import DenseDepth, Variant, WeightsUnavailableError, count_parameters
-from protocol import predict_depth_m
 
 
 def conv_params(in_channels, out_channels, kernel):

@@ -14,8 +14,8 @@ from PIL import Image
 import evaluate
 import train
 from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, encode_depth_file, write_npy_member
-from nyu_sources import LabeledDataset, LabeledMat, read_splits, write_labeled_mat, write_splits
-from protocol import crop_box
+from densedepth.nyu_sources import LabeledDataset, LabeledMat, read_splits, write_labeled_mat, write_splits
+from densedepth.protocol import crop_box
 
 COUNT = 6
 TRAIN, TEST = [1, 3, 5], [2, 4, 6]  # 1-based, as splits.mat

@@ -12,11 +12,11 @@ from PIL import Image
 import evaluate
 import train
 from data import DecodeError, collate_pairs, decode_depth, encode_depth_file
-from depth import DepthRange
+from densedepth.depth import DepthRange
+from densedepth.protocol import CROPS, crop_box
 from loss import DepthLoss
 from metrics import DepthMetrics
 from model import DenseDepth, settings_config
-from protocol import CROPS, crop_box
 from sample_data import write_rgbd_folder, write_sample_data
 from utils import load_checkpoint
 

@@ -9,7 +9,7 @@ from helpers import assert_one_clear_line, decoded_frames, run_script, write_cli
 from PIL import Image
 
 import evaluate
-import video
+from densedepth import video
 
 av = pytest.importorskip("av", reason="PyAV is in requirements-video.txt, which scripts/test.sh installs")
 

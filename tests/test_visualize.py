@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from data import scaled_intrinsics
-from metrics import METRIC_NAMES
-from visualize import (
+from densedepth.visualize import (
     INVALID_RGB,
     OUTSIDE_CROP_RGB,
     TrainingLog,
@@ -24,6 +23,7 @@ from visualize import (
     prediction_grid,
     side_by_side,
 )
+from metrics import METRIC_NAMES
 
 
 def read_ply(data):

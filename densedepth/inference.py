@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from data import encode_picture, encode_test_depth_png, scaled_intrinsics
-from deploy import OnnxDepthModel
-from depth import NYU_DEPTH_RANGE
+from densedepth.deploy import OnnxDepthModel
+from densedepth.depth import NYU_DEPTH_RANGE
+from densedepth.protocol import network_size, predict_depth_m
+from densedepth.visualize import backproject, depth_picture, ply_bytes, png_bytes, side_by_side
+from densedepth.weights import describe, is_keras_file, load_weights
 from model import model_from_checkpoint
-from protocol import network_size, predict_depth_m
 from utils import autocast
-from visualize import backproject, depth_picture, ply_bytes, png_bytes, side_by_side
-from weights import describe, is_keras_file, load_weights
 
 
 def load_model(path, device):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
+from densedepth.depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
 from model import ENCODER_CHANNELS, Variant, settings_config, variant_from_config
 from utils import HDF5_SIGNATURE, UserError, load_checkpoint
 

@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from data import FailedSample, encode_picture
+from densedepth.protocol import network_size, predict_depth_m
 from metrics import METRIC_NAMES
-from protocol import network_size, predict_depth_m
 from utils import autocast, write_bytes
 
 DEPTH_CMAP = "plasma"

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from data import EIGEN_CROP_NYU, NYU_SIZE, resize, to_unit_range
-from depth import target_to_depth_m
+from densedepth.depth import target_to_depth_m
 from metrics import DepthMetrics
 from model import SIZE_MULTIPLE
 from utils import autocast
@@ -50,7 +50,7 @@ def predict_depth_m(model, images, input_size, out_size, flip=True, channels_las
     batch = torch.cat([images, images.flip(-1)]) if flip else images
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    if getattr(model, "returns_depth_m", False):  # an exported model (deploy.py): metres at the input's size
+    if getattr(model, "returns_depth_m", False):  # an exported model (densedepth/deploy.py): metres at the input's size
         depth_m = resize(model(batch).float(), out_size)
     else:
         depth_m = resize(target_to_depth_m(model(batch).float(), depth_range or model.depth_range), out_size)

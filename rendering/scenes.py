@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from data import scaled_intrinsics
-from depth import NYU_DEPTH_RANGE
+from densedepth.depth import NYU_DEPTH_RANGE
 
 EPS = 1e-4
 

@@ -15,7 +15,7 @@ import torchvision
 from tqdm import tqdm
 
 from data import downsample_depth_m, resize, resize_measured_depth_m, to_unit_range
-from depth import NYU_DEPTH_RANGE, depth_m_to_target
+from densedepth.depth import NYU_DEPTH_RANGE, depth_m_to_target
 from model import model_config, output_size
 from utils import GracefulStop, SharedError, autocast, choose_precision, precision_name, rng_states, set_rng_states
 

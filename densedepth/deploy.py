@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from data import RGB_SUFFIXES, EigenTestZip, resize
-from depth import DepthRange, target_to_depth_m
+from densedepth.depth import DepthRange, target_to_depth_m
 from utils import UserError, auto_precision_reason, autocast, cpu_has_amx_int8, precision_name
 
 INPUT_NAME, OUTPUT_NAME = "image", "depth_m"

@@ -21,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from data import encode_picture, encode_test_depth_png
-from inference import depth_of_pictures
+from densedepth.inference import depth_of_pictures
+from densedepth.visualize import colorize_depth, side_by_side
 from utils import Stopped, UserError, write_bytes
-from visualize import colorize_depth, side_by_side
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 INSTALL_HINT = "videos are read and written with PyAV: pip install -r requirements-video.txt"
