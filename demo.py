@@ -24,7 +24,6 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from PIL import Image
 
 from data import NYU_INTRINSICS, scaled_intrinsics
 from densedepth.deploy import CALIBRATION_HELP, prediction_model
-from densedepth.inference import depth_of_pictures, load_model, picture_outputs
+from densedepth.inference import PictureOptions, depth_of_pictures, load_model, picture_outputs
 from densedepth.visualize import backproject
 from utils import DEVICE_HELP, PREDICTION_PRECISIONS, UserError, choose_device, choose_precision, run_main
 
@@ -87,9 +86,7 @@ class DepthDemo:
         depth_m = depth_of_pictures(self.model, image, self.input_size, self.device, self.dtype, self.flip)[0]
         seconds = time.perf_counter() - started
         intrinsics = camera(picture.shape[:2], fx, fy, cx, cy)
-        options = SimpleNamespace(
-            depth_range=None, cmap="plasma", colorbar=True, side_by_side=True, ply=True, intrinsics=intrinsics
-        )
+        options = PictureOptions(colorbar=True, side_by_side=True, ply=True, intrinsics=intrinsics)
         files = picture_outputs(picture, depth_m, options, self.model.depth_range.max_m)
         folder = Path(tempfile.mkdtemp(dir=self.out_dir))
         written = []
@@ -266,6 +263,13 @@ def video_tab(gr, demo):
     clip.change(demo.predict_video, [clip], [depth, summary], api_name="predict_video")
 
 
+def shown_path(path):
+    """The model's path as the page shows it: relative to where the demo runs, or the file's name
+    alone, so a screenshot does not carry the machine's folders."""
+    relative = os.path.relpath(Path(path).resolve())
+    return Path(path).name if relative.startswith("..") else relative
+
+
 def main(args):
     path = model_path(args)
     device = choose_device(args.device)
@@ -274,7 +278,7 @@ def main(args):
     model, dtype = prediction_model(model, dtype, input_size, args.precision, args.calibration, device)
     out_dir = Path(tempfile.mkdtemp(prefix="densedepth-demo-"))
     demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir)
-    title = f"Model `{path}`, on {device}, {str(dtype).removeprefix('torch.')}."
+    title = f"Model `{shown_path(path)}`, on {device}, {str(dtype).removeprefix('torch.')}."
     app, theme = build_app(demo, title)
     print(f"serving the demo at http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True, theme=theme)

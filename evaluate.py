@@ -50,7 +50,14 @@ from data import (
     open_rgbd_pairs,
 )
 from densedepth.deploy import CALIBRATION_HELP, prediction_model
-from densedepth.inference import OUTPUT_KINDS, depth_of_pictures, load_model, network_size, picture_outputs
+from densedepth.inference import (
+    OUTPUT_KINDS,
+    PictureOptions,
+    depth_of_pictures,
+    load_model,
+    network_size,
+    picture_outputs,
+)
 from densedepth.kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list
 from densedepth.nyu_sources import (
     BTS_DEPTH_SCALE,
@@ -275,8 +282,9 @@ def evaluate_zip(model, input_size, args, device, dtype):
     crop_name = args.crop or (protocol.crop if args.protocol else None)  # the zip's own crop unless told
     crop_spec = crop_name or test_set.crop
     metrics = evaluate_protocol(
-        model, batches, input_size, crop_spec, device, dtype, args.flip, total=total, gt_range_m=protocol.gt_range_m
-    )
+        model, batches, input_size, crop_spec, device, dtype, args.flip, DepthMetrics(gt_range_m=protocol.gt_range_m),
+        bar={"total": total},
+    )  # fmt: skip
     label = f"{crop_name} crop" if crop_name else f"Eigen crop {list(test_set.crop)}"
     settings = {"crop": crop_name or list(test_set.crop)}
     if args.protocol:
@@ -372,7 +380,7 @@ def score_dataset(model, dataset, input_size, args, device, dtype, crop_name, la
     with tqdm(total=len(dataset), unit="picture", desc="evaluating", leave=False) as bar:
         metrics = evaluate_protocol(
             model, counted(examples.pick(batches), bar), input_size, scored_crop, device, dtype, args.flip,
-            progress_bar=False, max_depth_m=bounds.max_depth_m, gt_range_m=bounds.gt_range_m,
+            DepthMetrics(*bounds), bar={"disable": True},
         )  # fmt: skip
     report_metrics(metrics, label, args, input_size, device, dtype, **settings)
     if examples.picked:
@@ -621,6 +629,7 @@ def predict_pictures(model, pictures, input_size, args, device, dtype):
         worker_init_fn=ignore_stop_signals,
     )  # fmt: skip
     failures, written = [], []
+    options = PictureOptions.from_args(args)
     bar = tqdm(total=len(pictures), unit="picture", desc="predicting", disable=len(pictures) == 1)
 
     def skip(why):
@@ -632,7 +641,7 @@ def predict_pictures(model, pictures, input_size, args, device, dtype):
         depth_m = depth_of_pictures(model, images, input_size, device, dtype, args.flip)
         for index, image, depth in zip(indices, images, depth_m):
             stem = Path(args.output_dir) / pictures[index][1]
-            files = picture_outputs(image.permute(1, 2, 0).numpy(), depth, args, model.depth_range.max_m)
+            files = picture_outputs(image.permute(1, 2, 0).numpy(), depth, options, model.depth_range.max_m)
             for suffix, contents in files.items():
                 write_bytes(stem.with_name(stem.name + suffix), contents)
             written.append((stem, list(files), depth))

@@ -80,6 +80,7 @@ from densedepth.training import (
     Guards,
     Learner,
     Progress,
+    Schedule,
     SkippedSamples,
     agreed_batches,
     build_optimizer,
@@ -493,7 +494,7 @@ def build_learner(model, train_loader, args, world, dtype):
         gradient_weight=args.gradient_weight,
         mask_invalid=train_loader.dataset.own_data,
     )
-    optimizer = build_optimizer(model, args, world.device)
+    optimizer = build_optimizer(model, args.lr, world.device, amsgrad=args.optimizer == "amsgrad")
     # Gradient scaling only matters for fp16, whose range is narrow; with bf16 or fp32 it is off.
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
     return Learner(model, train_model, eval_model, criterion, optimizer, scaler, world.device, dtype)
@@ -512,9 +513,13 @@ class Run:
     log: TrainingLog = None
 
 
+class StopRequested(Exception):
+    """A stop request (Ctrl-C, SIGTERM) ended an epoch's training or validation early, on every process."""
+
+
 def train_one_epoch(learner, loader, progress, run):
-    """Train on the rest of epoch progress.epoch + 1, keeping `progress` up to date; returns whether
-    a stop request ended it early (after a whole step, on every process).
+    """Train on the rest of epoch progress.epoch + 1, keeping `progress` up to date; raises
+    StopRequested when a stop request ends it early (after a whole step, on every process).
 
     Losses are checked at each log line (one device sync per interval, not per step) and go to
     rank 0's log.
@@ -543,18 +548,15 @@ def train_one_epoch(learner, loader, progress, run):
         losses.clear()
         metrics.reset()
 
-    steps_taken = 0
+    steps_taken, schedule = 0, Schedule.from_args(args)
     for step, (images, depth_m) in enumerate(bar, start=first_step):
         if args.lr_schedule != "constant":
-            set_learning_rate(learner.optimizer, args, progress.epoch * steps + step - 1, args.epochs * steps)
+            set_learning_rate(learner.optimizer, schedule, progress.epoch * steps + step - 1, args.epochs * steps)
         if images is not None:
             images, depth_m = training_batch(
                 images, depth_m, args.input_size, world.device, criterion.depth_range, criterion.mask_invalid
             )
-            loss, pred = train_step(
-                learner.train_model, images, depth_m, criterion, learner.optimizer, learner.scaler, learner.device,
-                learner.dtype,
-            )  # fmt: skip
+            loss, pred = train_step(learner, images, depth_m)
             losses.append((step, loss))
             metrics.update(target_to_depth_m(pred.float(), criterion.depth_range), depth_m)
         progress.samples_done += args.batch_size
@@ -563,7 +565,8 @@ def train_one_epoch(learner, loader, progress, run):
             end_interval(step)
     if losses:  # a stop ended the epoch inside a log interval
         end_interval(step)
-    return steps_taken < len(loader)
+    if steps_taken < len(loader):
+        raise StopRequested
 
 
 def samples_seen(progress, steps_per_epoch, batch_size):
@@ -601,8 +604,8 @@ def validate(model, loader, args, world, dtype, guards, depth_range=None):
     protocol: NYU's inside the Eigen crop; KITTI's inside Garg's, ground truth 1e-3 < d < 80 m; a
     dataset of one's own over whole pictures, the ground truth capped at the model's depth range.
     Each process takes its share, and their sums and counts are added up before the metrics are
-    taken, as one process would. None if a stop was requested (on
-    any process) before the end. depth_range: the model's, given when `model` is a compiled wrapper."""
+    taken, as one process would. Raises StopRequested if a stop was requested (on any process)
+    before the end. depth_range: the model's, given when `model` is a compiled wrapper."""
     stop, skipped = guards
     failures = []
 
@@ -616,18 +619,20 @@ def validate(model, loader, args, world, dtype, guards, depth_range=None):
 
     own_data, kitti = loader.dataset.own_data, isinstance(loader.dataset, KittiDataset)
     crop_name = "garg" if kitti else "none" if own_data else None
-    metrics = evaluate_protocol(
-        model, batches(), args.input_size, crop_name, world.device, dtype, total=len(loader),
-        desc="validating", progress_bar=world.is_main, depth_range=depth_range,
+    bounds = DepthMetrics(
         max_depth_m=(depth_range or model.depth_range).max_m if own_data and not kitti else None,
         gt_range_m=KITTI_GT_RANGE_M if kitti else None,
+    )
+    metrics = evaluate_protocol(
+        model, batches(), args.input_size, crop_name, world.device, dtype, metrics=bounds, depth_range=depth_range,
+        bar={"total": len(loader), "desc": "validating", "disable": not world.is_main},
     )  # fmt: skip
     stop_number, any_failed = world.max(stop.number, len(failures))
     if any_failed:
         skipped.add(world.gather(failures))
     if stop_number:
         stop.adopt(stop_number)
-        return None
+        raise StopRequested
     world.sum_in_place(metrics.sums(world.device))
     return metrics.compute("per_image")
 
@@ -769,24 +774,25 @@ def main(args):
                 SkippedSamples("test", len(test_loader.dataset), args.max_bad_fraction),
                 log,
             )  # fmt: skip
-            for epoch in range(progress.epoch + 1, args.epochs + 1):
-                started = time.time()
-                train_loader.sampler.start(epoch, progress.samples_done)
-                stopped = train_one_epoch(learner, train_loader, progress, run)
-                guards = Guards(stop, run.skipped_test)
-                epoch_metrics = None if stopped else validate(
-                    learner.eval_model, test_loader, args, world, dtype, guards, model.depth_range
-                )  # fmt: skip
-                if epoch_metrics is None:  # stopped in training or validation: save where the run is, say how to go on
-                    stop_run(learner, progress, run)
-                end_epoch(learner, progress, run, epoch_metrics, time.time() - started)
-                world.on_main(  # rank 0 draws and logs the epoch
-                    lambda: log.end_epoch(
-                        progress.history,
-                        preview_grid(model, preview, args.input_size, world.device, dtype, progress.epoch),
-                        samples_seen(progress, steps, args.batch_size),
+            try:
+                for epoch in range(progress.epoch + 1, args.epochs + 1):
+                    started = time.time()
+                    train_loader.sampler.start(epoch, progress.samples_done)
+                    train_one_epoch(learner, train_loader, progress, run)
+                    epoch_metrics = validate(
+                        learner.eval_model, test_loader, args, world, dtype, Guards(stop, run.skipped_test),
+                        model.depth_range,
+                    )  # fmt: skip
+                    end_epoch(learner, progress, run, epoch_metrics, time.time() - started)
+                    world.on_main(  # rank 0 draws and logs the epoch
+                        lambda: log.end_epoch(
+                            progress.history,
+                            preview_grid(model, preview, args.input_size, world.device, dtype, progress.epoch),
+                            samples_seen(progress, steps, args.batch_size),
+                        )
                     )
-                )
+            except StopRequested:  # in training or validation: save where the run is, say how to go on
+                stop_run(learner, progress, run)
         if world.is_main:
             summarize(progress, args, log)
 

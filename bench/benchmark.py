@@ -61,7 +61,7 @@ from data import (
 from densedepth.inference import load_model
 from densedepth.nyu_sources import LabeledDataset, LabeledMat, read_splits, write_labeled_mat, write_splits
 from densedepth.protocol import crop, eigen_batches, evaluate_protocol, predict_depth_m
-from densedepth.training import build_optimizer, train_step, training_batch
+from densedepth.training import Learner, build_optimizer, train_step, training_batch
 from loss import DepthLoss
 from metrics import DepthMetrics
 from model import DenseDepth, model_config, output_size
@@ -180,7 +180,7 @@ def case_train(device_name, fast, repeats, input_size, batch_size, compile_model
     model = paper_model(device, channels_last=fast).train()
     step_model = torch.compile(model) if compile_model else model
     if fast:
-        optimizer = build_optimizer(model, argparse.Namespace(lr=1e-4, optimizer="adam"), device)
+        optimizer = build_optimizer(model, 1e-4, device)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -196,12 +196,13 @@ def case_train(device_name, fast, repeats, input_size, batch_size, compile_model
     images = torch.rand(batch_size, 3, *input_size, device=device)
     depth_m = torch.rand(batch_size, 1, *output_size(input_size), device=device) * 9 + 0.5
 
+    learner = Learner(model, step_model, step_model, criterion, optimizer, scaler, device, dtype)
+
     def step():
         if fast:
-            batch = training_batch(pictures, full_depth_m, input_size, device)
-            train_step(step_model, *batch, criterion, optimizer, scaler, device, dtype)
+            train_step(learner, *training_batch(pictures, full_depth_m, input_size, device))
         else:
-            train_step(step_model, images, depth_m, criterion, optimizer, scaler, device, dtype)
+            train_step(learner, images, depth_m)
 
     seconds = timed(step, device, repeats, warmup=2)
     result = {"images_per_s": batch_size / seconds, "precision": precision_name(dtype)}

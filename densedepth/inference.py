@@ -7,6 +7,7 @@ was trained at; picture_outputs makes the files written for a picture (colour ma
 """
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,31 @@ def depth_of_pictures(model, images, input_size, device, dtype, flip=True):
     return depth_m[:, 0].float().cpu().numpy()
 
 
-def picture_outputs(image, depth_m, args, max_depth_m=NYU_DEPTH_RANGE.max_m):
+@dataclass(frozen=True)
+class PictureOptions:
+    """What is written for a picture besides its depth: the colour map's range in metres (None: the
+    picture's own), colour map and colour bar, and on request side by side and a point cloud (with
+    the camera's fx, fy, cx, cy in the picture's pixels; None: NYU's, scaled)."""
+
+    colour_range_m: tuple | None = None
+    cmap: str = "plasma"
+    colorbar: bool = False
+    side_by_side: bool = False
+    ply: bool = False
+    intrinsics: tuple | None = None
+
+    @classmethod
+    def from_args(cls, args):
+        """evaluate.py's flags."""
+        return cls(args.depth_range, args.cmap, args.colorbar, args.side_by_side, args.ply, args.intrinsics)
+
+
+def picture_outputs(image, depth_m, options, max_depth_m=NYU_DEPTH_RANGE.max_m):
     """The files written for one picture, {suffix: contents}: colour map, millimetres (for a model whose
-    depth can pass 65.5 m, as KITTI's, metres x 256 instead), metres, and on request side by side and
-    point cloud. image: (H, W, 3) uint8; depth_m: (H, W) float32."""
-    vmin, vmax = args.depth_range or (None, None)
-    colour = depth_picture(depth_m, vmin, vmax, args.cmap, with_colorbar=args.colorbar)
+    depth can pass 65.5 m, as KITTI's, metres x 256 instead), metres, and as `options` (PictureOptions)
+    ask, side by side and point cloud. image: (H, W, 3) uint8; depth_m: (H, W) float32."""
+    vmin, vmax = options.colour_range_m or (None, None)
+    colour = depth_picture(depth_m, vmin, vmax, options.cmap, with_colorbar=options.colorbar)
     buffer = io.BytesIO()
     np.save(buffer, depth_m.astype(np.float32))
     files = {"_depth.png": png_bytes(colour)}
@@ -61,10 +81,10 @@ def picture_outputs(image, depth_m, args, max_depth_m=NYU_DEPTH_RANGE.max_m):
     else:  # millimetres overflow 16 bits past 65.5 m: KITTI's own convention
         files["_depth_256.png"] = encode_picture(np.clip(np.rint(depth_m * 256), 0, 65535).astype(np.uint16), "PNG")
     files["_depth_m.npy"] = buffer.getvalue()
-    if args.side_by_side:
+    if options.side_by_side:
         files["_side_by_side.png"] = png_bytes(side_by_side(image, colour))
-    if args.ply:
-        intrinsics = args.intrinsics or scaled_intrinsics(*depth_m.shape)
+    if options.ply:
+        intrinsics = options.intrinsics or scaled_intrinsics(*depth_m.shape)
         files[".ply"] = ply_bytes(backproject(depth_m, intrinsics), image.reshape(-1, 3))
     return files
 

@@ -132,33 +132,24 @@ def crop(tensor, crop_box):
 
 
 def evaluate_protocol(
-    model,
-    batches,
-    input_size,
-    crop_box,
-    device,
-    dtype=torch.float32,
-    flip=True,
-    total=None,
-    desc="evaluating",
-    progress_bar=True,
+    model, batches, input_size, crop_box, device, dtype=torch.float32, flip=True, metrics=None, bar=None,
     depth_range=None,
-    max_depth_m=None,
-    gt_range_m=None,
-):
-    """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W)) batches.
+):  # fmt: skip
+    """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W))
+    batches, streaming the cropped predictions and ground truth into `metrics` (a DepthMetrics, with
+    its bounds on the ground truth; a bare one if None), which it returns.
 
-    The network runs under autocast to `dtype`; the metrics are computed in fp32 and
-    streamed, so memory does not grow with the number of images. crop_box: a box, a crop's
-    name (CROPS) or None for the Eigen crop, each for the ground truth's size (resolve_crop);
-    the network runs at network_size(picture, input_size); depth_range None: the model's own;
-    max_depth_m, gt_range_m: the metrics' bounds on the ground truth, if any (metrics.DepthMetrics).
+    The network runs under autocast to `dtype` at network_size(picture, input_size), clipped to the
+    model's depth range; the metrics are computed in fp32, so memory does not grow with the number
+    of images. crop_box: a box, a crop's name (CROPS) or None for the Eigen crop, each for the
+    ground truth's size (resolve_crop). bar: tqdm's settings for the progress bar in batches
+    (total, desc, disable), or None for one called "evaluating". depth_range: the model's, given
+    when `model` is a wrapper that hides it.
     """
-    metrics = DepthMetrics(max_depth_m, gt_range_m)
+    metrics = DepthMetrics() if metrics is None else metrics
     model.eval()
     with torch.inference_mode():
-        bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress_bar)
-        for images, depth_m in bar:
+        for images, depth_m in tqdm(batches, unit="batch", leave=False, **{"desc": "evaluating", **(bar or {})}):
             images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
             with autocast(device, dtype):
                 size = network_size(images.shape[-2:], input_size)

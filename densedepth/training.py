@@ -23,31 +23,44 @@ LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "amsgrad")
 
 
-def build_optimizer(model, args, device):
-    """Adam (or its AMSGrad variant, --optimizer amsgrad) with the paper's betas at --lr
-    (learning_rate() moves it where a schedule is asked for)."""
+def build_optimizer(model, lr, device, amsgrad=False):
+    """Adam (or its AMSGrad variant) with the paper's betas at rate `lr` (learning_rate() moves it
+    where a schedule is asked for)."""
     # The fused kernel updates all parameters in one pass: a few percent of a CPU step.
     fused = device.type in ("cuda", "cpu")
-    amsgrad = args.optimizer == "amsgrad"
-    return torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), amsgrad=amsgrad, fused=fused)
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), amsgrad=amsgrad, fused=fused)
 
 
-def learning_rate(args, step, total_steps):
-    """The learning rate of global step `step` (from 0) of a run of `total_steps`: --lr throughout
-    (the paper's), or for --lr_schedule cosine a linear warmup over --warmup_steps to --lr, then a
-    cosine decay that reaches 0 at the run's end. A function of the step alone, so a run resumed
-    with the same --epochs goes on at the rate it stopped at (other --epochs stretch the schedule)."""
-    if args.lr_schedule == "constant":
-        return args.lr
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    decay_steps = max(total_steps - args.warmup_steps, 1)
-    return args.lr * 0.5 * (1 + math.cos(math.pi * (step - args.warmup_steps) / decay_steps))
+@dataclass(frozen=True)
+class Schedule:
+    """A run's learning rate: `lr` throughout (constant, the paper's), or (cosine) a linear warmup
+    over `warmup_steps` to `lr`, then a cosine decay that reaches 0 at the run's end."""
+
+    lr: float
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+
+    @classmethod
+    def from_args(cls, args):
+        """train.py's --lr, --lr_schedule and --warmup_steps."""
+        return cls(args.lr, args.lr_schedule, args.warmup_steps)
 
 
-def set_learning_rate(optimizer, args, step, total_steps):
+def learning_rate(schedule, step, total_steps):
+    """The learning rate of global step `step` (from 0) of a run of `total_steps` under `schedule`.
+    A function of the step alone, so a run resumed with the same --epochs goes on at the rate it
+    stopped at (other --epochs stretch the schedule)."""
+    if schedule.lr_schedule == "constant":
+        return schedule.lr
+    if step < schedule.warmup_steps:
+        return schedule.lr * (step + 1) / schedule.warmup_steps
+    decay_steps = max(total_steps - schedule.warmup_steps, 1)
+    return schedule.lr * 0.5 * (1 + math.cos(math.pi * (step - schedule.warmup_steps) / decay_steps))
+
+
+def set_learning_rate(optimizer, schedule, step, total_steps):
     """Set every parameter group's rate to learning_rate() of global step `step`."""
-    lr = learning_rate(args, step, total_steps)
+    lr = learning_rate(schedule, step, total_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -140,15 +153,17 @@ def training_batch(images, depth_m, input_size, device, depth_range=NYU_DEPTH_RA
     return images.contiguous(memory_format=torch.channels_last), depth_m
 
 
-def train_step(model, images, depth_m, criterion, optimizer, scaler, device, dtype):
-    """One optimisation step on a batch already on the device; returns the loss and prediction, detached."""
-    with autocast(device, dtype):
-        pred = model(images)
+def train_step(learner, images, depth_m):
+    """One optimisation step of `learner` (its train_model, loss, optimizer and scaler, under its
+    precision) on a batch already on the device; returns the loss and prediction, detached."""
+    criterion = learner.criterion
+    with autocast(learner.device, learner.dtype):
+        pred = learner.train_model(images)
     loss = criterion(pred.float(), depth_m_to_target(depth_m, criterion.depth_range))  # in fp32, outside autocast
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    learner.optimizer.zero_grad(set_to_none=True)
+    learner.scaler.scale(loss).backward()
+    learner.scaler.step(learner.optimizer)
+    learner.scaler.update()
     return loss.detach(), pred.detach()
 
 

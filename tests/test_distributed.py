@@ -114,7 +114,7 @@ def one_step_on_one_process(data, checkpoint_dir):
     seed_everything(args.seed)  # as train.main before it builds the model
     train_loader, _ = train.build_loaders(args, world)
     model = train.build_model(args, None, world)
-    optimizer = train.build_optimizer(model, args, world.device)
+    optimizer = train.build_optimizer(model, args.lr, world.device, amsgrad=args.optimizer == "amsgrad")
     order = TrainingOrder(len(train_loader.dataset), args.seed, batch_size=8)
     order.start(epoch=1)
     global_batch = list(order)

@@ -1,7 +1,6 @@
 """Interrupted and failing runs lose nothing: atomic checkpoints, stop-and-resume to the same
 weights, non-finite losses stopped before they are saved, outputs written whole."""
 
-import argparse
 import json
 import os
 import shlex
@@ -19,7 +18,7 @@ from helpers import ROOT, TINY_SIZE, tiny_train_argv
 import evaluate
 import train
 from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, write_npy_member
-from densedepth.training import learning_rate
+from densedepth.training import Schedule, learning_rate
 from utils import Stopped, UserError, load_checkpoint, save_checkpoint
 
 
@@ -220,12 +219,12 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny
 def test_weights_that_are_not_finite_are_never_saved(tiny_zips, tmp_path, monkeypatch):
     real_step, calls = train.train_step, []
 
-    def step_breaking_a_weight(model, *args, **kwargs):
-        result = real_step(model, *args, **kwargs)
+    def step_breaking_a_weight(learner, *args, **kwargs):
+        result = real_step(learner, *args, **kwargs)
         calls.append(1)
         if len(calls) == 4:  # the epoch's last step: a finite loss, then an update that overflowed
             with torch.no_grad():
-                model.head.bias.fill_(torch.inf)
+                learner.model.head.bias.fill_(torch.inf)
         return result
 
     monkeypatch.setattr(train, "train_step", step_breaking_a_weight)
@@ -304,12 +303,12 @@ def test_evaluation_that_fails_half_way_leaves_earlier_results_alone(straight_ru
 
 
 def test_the_cosine_schedule_rises_then_decays_and_constant_stays():
-    cosine = argparse.Namespace(lr=1e-3, lr_schedule="cosine", warmup_steps=4)
+    cosine = Schedule(lr=1e-3, lr_schedule="cosine", warmup_steps=4)
     rates = [learning_rate(cosine, step, 10) for step in range(10)]
     assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert rates[4] == pytest.approx(1e-3) and all(a > b > 0 for a, b in zip(rates[4:], rates[5:]))
     assert learning_rate(cosine, 10, 10) == pytest.approx(0, abs=1e-12)
-    constant = argparse.Namespace(lr=1e-4, lr_schedule="constant", warmup_steps=4)
+    constant = Schedule(lr=1e-4, lr_schedule="constant", warmup_steps=4)
     assert {learning_rate(constant, step, 10) for step in range(10)} == {1e-4}
 
 
@@ -327,7 +326,7 @@ def test_a_cosine_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_zips, t
     assert (resumed["args"]["lr_schedule"], resumed["args"]["warmup_steps"]) == ("cosine", 3)
     assert_same_weights(resumed["model"], straight["model"])
     # 2 epochs of 4 steps: the last step ran at the rate of global step 7 of 8.
-    last_rate = learning_rate(argparse.Namespace(lr=1e-3, lr_schedule="cosine", warmup_steps=3), 7, 8)
+    last_rate = learning_rate(Schedule(lr=1e-3, lr_schedule="cosine", warmup_steps=3), 7, 8)
     assert straight["optimizer"]["param_groups"][0]["lr"] == pytest.approx(last_rate)
     assert resumed["optimizer"]["param_groups"][0]["lr"] == straight["optimizer"]["param_groups"][0]["lr"]
 
