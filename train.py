@@ -694,6 +694,20 @@ def end_epoch(learner, progress, run, epoch_metrics, seconds):
     save_checkpoints(run.world, state, checkpoint_dir / "last.pth", *([checkpoint_dir / "best.pth"] if is_best else []))
 
 
+def skipped_samples(train_loader, test_loader, args):
+    """The counters of training and test pairs that fail to load, each stopping the run past --max_bad_fraction."""
+    return (
+        SkippedSamples("training", len(train_loader.dataset), args.max_bad_fraction),
+        SkippedSamples("test", len(test_loader.dataset), args.max_bad_fraction),
+    )
+
+
+def log_epoch(run, learner, progress, preview, steps_per_epoch):
+    """Rank 0's record of the finished epoch: its history, the preview pictures' depth, the samples seen."""
+    grid = preview_grid(learner.model, preview, run.args.input_size, learner.device, learner.dtype, progress.epoch)
+    run.log.end_epoch(progress.history, grid, samples_seen(progress, steps_per_epoch, run.args.batch_size))
+
+
 def summarize(progress, args, log):
     """The end-of-run summary: the best epoch, its metrics, and where the files are."""
     if progress.history:
@@ -768,12 +782,7 @@ def main(args):
         steps = train_loader.sampler.steps_per_epoch
         log = world.on_main(TrainingLog, args.checkpoint_dir, samples_seen(progress, steps, args.batch_size))
         with GracefulStop(announce=world.is_main) as stop, contextlib.closing(log) if log else contextlib.nullcontext():
-            run = Run(
-                args, world, stop,
-                SkippedSamples("training", len(train_loader.dataset), args.max_bad_fraction),
-                SkippedSamples("test", len(test_loader.dataset), args.max_bad_fraction),
-                log,
-            )  # fmt: skip
+            run = Run(args, world, stop, *skipped_samples(train_loader, test_loader, args), log)
             try:
                 for epoch in range(progress.epoch + 1, args.epochs + 1):
                     started = time.time()
@@ -784,13 +793,7 @@ def main(args):
                         model.depth_range,
                     )  # fmt: skip
                     end_epoch(learner, progress, run, epoch_metrics, time.time() - started)
-                    world.on_main(  # rank 0 draws and logs the epoch
-                        lambda: log.end_epoch(
-                            progress.history,
-                            preview_grid(model, preview, args.input_size, world.device, dtype, progress.epoch),
-                            samples_seen(progress, steps, args.batch_size),
-                        )
-                    )
+                    world.on_main(log_epoch, run, learner, progress, preview, steps)
             except StopRequested:  # in training or validation: save where the run is, say how to go on
                 stop_run(learner, progress, run)
         if world.is_main:
