@@ -82,7 +82,7 @@ from densedepth.protocol import (
 from densedepth.video import VIDEO_SUFFIXES, VideoOptions, depth_of_video, is_video, require_av
 from densedepth.visualize import (
     DEPTH_CMAP,
-    depth_range,
+    colour_range,
     example_indices,
     example_panel,
     example_tiles,
@@ -500,7 +500,7 @@ def save_examples(model, picked, input_size, crop_spec, device, dtype, args, max
         for key, tile in tiles.items():
             write_bytes(folder / f"{index:04d}_{key}.png", png_bytes(tile))
         title = f"test picture {index}: delta1 {scores['delta1']:.3f}, rel {scores['abs_rel']:.3f}"
-        write_bytes(folder / f"{index:04d}.png", example_panel(tiles, depth_range(gt_m), title))
+        write_bytes(folder / f"{index:04d}.png", example_panel(tiles, colour_range(gt_m), title))
     return folder
 
 

@@ -38,7 +38,7 @@ def valid_depth(depth_m):
     return np.isfinite(depth_m) & (depth_m > 0)
 
 
-def depth_range(depth_m, vmin=None, vmax=None):
+def colour_range(depth_m, vmin=None, vmax=None):
     """A colour map's range (vmin, vmax) for a depth map: the ends given, the others the min and
     max of its valid pixels."""
     if vmin is not None and vmax is not None:
@@ -67,7 +67,7 @@ def colorize_depth(depth_m, vmin=None, vmax=None, cmap=DEPTH_CMAP):
     """(H, W) depth -> (H, W, 3) uint8 colour picture, near = dark; the range defaults to the
     map's own valid min..max; pixels without a valid depth are white."""
     depth_m = np.asarray(depth_m, dtype=np.float32)
-    vmin, vmax = depth_range(depth_m, vmin, vmax)
+    vmin, vmax = colour_range(depth_m, vmin, vmax)
     return colorize(depth_m, vmin, vmax, cmap, mask=valid_depth(depth_m))
 
 
@@ -118,7 +118,7 @@ def colorbar(height_px, vmin, vmax, cmap=DEPTH_CMAP, label="depth (m)"):
 
 def depth_picture(depth_m, vmin=None, vmax=None, cmap=DEPTH_CMAP, with_colorbar=False):
     """The colour map of a depth map at its own size, with a colour bar in metres on its right if asked."""
-    vmin, vmax = depth_range(depth_m, vmin, vmax)
+    vmin, vmax = colour_range(depth_m, vmin, vmax)
     picture = colorize_depth(depth_m, vmin, vmax, cmap)
     if with_colorbar:
         picture = side_by_side(picture, colorbar(picture.shape[0], vmin, vmax, cmap))
@@ -139,7 +139,7 @@ def figure_png(figure):
 def example_tiles(image, gt_m, pred_m, crop_box):
     """The four pictures of an evaluation example: input, ground truth, prediction (both in the
     ground truth's range, so their colours compare) and the abs rel error map."""
-    vmin, vmax = depth_range(gt_m)
+    vmin, vmax = colour_range(gt_m)
     return {
         "input": image,
         "gt": colorize_depth(gt_m, vmin, vmax),
@@ -178,7 +178,7 @@ def prediction_grid(samples, title):
     fig_w, fig_h = 3 * tile_w + 4 * gap, rows * tile_h + (rows + 1) * gap + top
     figure = Figure(figsize=(fig_w, fig_h), dpi=100)
     for row, (image, gt_m, pred_m) in enumerate(samples):
-        vmin, vmax = depth_range(gt_m)
+        vmin, vmax = colour_range(gt_m)
         pictures = (image, colorize_depth(gt_m, vmin, vmax), colorize_depth(pred_m, vmin, vmax))
         for col, (picture, name) in enumerate(zip(pictures, ("input", "ground truth", "prediction"))):
             left, bottom = gap + col * (tile_w + gap), fig_h - top - (row + 1) * tile_h - row * gap
