@@ -619,12 +619,12 @@ def validate(model, loader, args, world, dtype, guards, depth_range=None):
 
     own_data, kitti = loader.dataset.own_data, isinstance(loader.dataset, KittiDataset)
     crop_name = "garg" if kitti else "none" if own_data else None
-    bounds = DepthMetrics(
+    metrics = DepthMetrics(  # counting the ground truth inside these bounds
         max_depth_m=(depth_range or model.depth_range).max_m if own_data and not kitti else None,
         gt_range_m=KITTI_GT_RANGE_M if kitti else None,
     )
-    metrics = evaluate_protocol(
-        model, batches(), args.input_size, crop_name, world.device, dtype, metrics=bounds, depth_range=depth_range,
+    evaluate_protocol(
+        model, batches(), args.input_size, crop_name, world.device, dtype, metrics=metrics, depth_range=depth_range,
         bar={"total": len(loader), "desc": "validating", "disable": not world.is_main},
     )  # fmt: skip
     stop_number, any_failed = world.max(stop.number, len(failures))

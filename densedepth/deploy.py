@@ -349,13 +349,13 @@ def choose_int8(model, dtype, precision, calibration, compile=True):
                 f"{share:.1%} of the calibration pixels"
             ),
         )
+    name = precision_name(dtype)
+    if share < INT8_MIN_AGREEMENT:  # too far off: no need to time it
+        return model, dtype, f"precision auto: {name}; INT8 agrees with fp32 on only {share:.1%} of the pixels"
     with autocast(torch.device("cpu"), dtype):
         base_s = seconds_per_batch(model, batches[0])
     int8_s = seconds_per_batch(int8_model, batches[0])
-    name = precision_name(dtype)
     timing = f"INT8 {int8_s:.2f} s a picture and its mirror against {name}'s {base_s:.2f} s"
-    if share < INT8_MIN_AGREEMENT:
-        return model, dtype, f"precision auto: {name}; INT8 agrees with fp32 on only {share:.1%} of the pixels"
     if int8_s >= base_s:
         return model, dtype, f"precision auto: {name}; {timing}"
     return int8_model, torch.int8, f"precision auto: int8; {timing}, within 1.25x of fp32 on {share:.1%} of the pixels"
