@@ -7,8 +7,8 @@ along scan lines as a LiDAR sees it, the toolbox's colorization fill of that, an
 import argparse
 
 from bench.benchmark import lidar_samples
+from densedepth.fill import fill_depth_colorization
 from densedepth.visualize import colorize_depth, png_bytes, side_by_side
-from fill_depth import fill_depth_colorization
 from rendering.scenes import render_scene
 from utils import write_bytes
 

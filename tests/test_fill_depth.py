@@ -1,5 +1,7 @@
-"""fill_depth.py: the NYU toolbox's colorization equations against a loop written as the MATLAB code is,
-the solve against a dense one, resuming, sharding, bad pairs, and training on what it writes."""
+"""fill_depth.py and densedepth/fill.py: the NYU toolbox's colorization equations against a loop written as
+the MATLAB code is, MATLAB's grey weights, the solve against a dense one, resuming, sharding, bad pairs,
+where the outputs go (always inside --output_dir, one per input), the pool's tasks, and training on
+what it writes."""
 
 import math
 
@@ -10,7 +12,8 @@ from helpers import assert_one_clear_line, run_script
 
 import fill_depth
 import train
-from fill_depth import colorization_system, fill_depth_colorization
+from densedepth import fill
+from densedepth.fill import colorization_system, fill_depth_colorization
 from sample_data import write_rgbd_folder
 
 
@@ -47,10 +50,19 @@ def test_the_equations_are_the_toolboxs_and_the_solve_is_exact():
     depth_m = np.where(known, rng.uniform(2, 40, known.shape), 0)
     rgb = np.repeat((gray * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
     filled = fill_depth_colorization(rgb, depth_m)
-    gray_used = rgb.astype(np.float64) @ fill_depth.RGB2GRAY / 255
+    gray_used = rgb.astype(np.float64) @ fill.RGB2GRAY / 255
     largest = depth_m[known].max()
     dense = np.linalg.solve(matlab_system(gray_used, known), known.ravel() * depth_m.ravel() / largest) * largest
     np.testing.assert_allclose(filled.ravel(), dense, rtol=1e-9)
+
+
+def test_the_grey_values_are_matlabs_rgb2gray():
+    """rgb2gray's code weighs R, G, B by the first row of the inverse of the NTSC matrix (its documentation
+    rounds them to 0.2989, 0.5870, 0.1140, which do not sum to 1)."""
+    ntsc = np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]])
+    np.testing.assert_allclose(fill.RGB2GRAY, np.linalg.inv(ntsc)[0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(fill.RGB2GRAY, [0.298936021293775, 0.587043074451121, 0.114020904255103], atol=1e-15)
+    assert fill.RGB2GRAY.sum() == pytest.approx(1, abs=1e-15)
 
 
 def test_the_nested_dissection_solve_equals_scipys_pivoting_solve():
@@ -58,14 +70,14 @@ def test_the_nested_dissection_solve_equals_scipys_pivoting_solve():
 
     rng = np.random.default_rng(2)
     height, width = 41, 67  # several levels of dissection, both split directions, odd sides
-    order = fill_depth.nested_dissection_order(height, width)
+    order = fill.nested_dissection_order(height, width)
     np.testing.assert_array_equal(np.sort(order), np.arange(height * width))
     gray = rng.random((height, width))
     known = rng.random((height, width)) < 0.05
     system = colorization_system(gray, known)
     rhs = known.ravel() * rng.uniform(0.1, 1, height * width)
     expected = spsolve(system.tocsc(), rhs)
-    np.testing.assert_allclose(fill_depth.solve_on_grid(system, rhs, height, width), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fill.solve_on_grid(system, rhs, height, width), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_constant_depth_stays_constant_and_nothing_measured_is_refused():
@@ -85,13 +97,13 @@ def test_linear_is_exact_on_a_plane_inside_the_hull_and_filled_outside():
     sparse = np.zeros_like(plane)
     sparse[12::4, ::3] = plane[12::4, ::3]  # scan lines from 12 rows down: nothing above
     rgb = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    filled = fill_depth.fill_depth_linear(rgb, sparse)
+    filled = fill.fill_depth_linear(rgb, sparse)
     hull = slice(12, 29), slice(0, 40)
     np.testing.assert_allclose(filled[hull], plane[hull], rtol=1e-9)
     assert np.isfinite(filled).all() and (filled[:12] > 0).all()
     one_line = np.zeros_like(plane)
     one_line[20, ::3] = 7.0  # collinear: no triangle, so the colorization alone
-    np.testing.assert_allclose(fill_depth.fill_depth_linear(rgb, one_line), fill_depth_colorization(rgb, one_line))
+    np.testing.assert_allclose(fill.fill_depth_linear(rgb, one_line), fill_depth_colorization(rgb, one_line))
 
 
 def test_method_linear_from_the_command_line(tmp_path, capsys):
@@ -176,3 +188,103 @@ def test_bad_pairs_are_skipped_and_listed(tmp_path, capsys):
     assert_one_clear_line(run_script(fill_depth, [*argv, "--shard", "2/2"], capsys), "--shard 2/2")
     assert_one_clear_line(run_script(fill_depth, ["--data", tmp_path / "none.csv", "--output_dir", tmp_path], capsys),
                           "does not exist")  # fmt: skip
+
+
+def test_a_csv_of_absolute_or_parent_paths_is_filled_inside_the_output_folder(tmp_path, capsys):
+    """Absolute depth paths once made the output the input itself ('2 filled already'), and '../' paths
+    wrote outside --output_dir: every output now lies inside it, one for each input."""
+    relative_csv = write_rgbd_folder(tmp_path / "data" / "pairs", sparse_pairs(2), "png16", png_scale=256)
+    rows = [line.split(",") for line in relative_csv.read_text().splitlines()]
+    (tmp_path / "lists").mkdir()
+    absolute_csv = tmp_path / "lists" / "absolute.csv"
+    absolute_csv.write_text("".join(f"{relative_csv.parent / rgb},{relative_csv.parent / depth}\n" for rgb, depth in rows))
+    parent_csv = tmp_path / "lists" / "parent.csv"
+    parent_csv.write_text("".join(f"../data/{rgb},../data/{depth}\n" for rgb, depth in rows))
+    originals = {path: path.read_bytes() for path in (tmp_path / "data").rglob("*.png")}
+    for csv in (absolute_csv, parent_csv):
+        out = tmp_path / f"filled_{csv.stem}"
+        argv = ["--data", csv, "--depth_scale", 256, "--output_dir", out, "--workers", 1]
+        status, stdout, err = run_script(fill_depth, argv, capsys)
+        assert status == 0, err
+        assert "0 filled already, 2 to fill" in stdout
+        written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*.png"))
+        assert written == ["00000.png", "00001.png"]
+        listed = [line.split(",")[1] for line in (out / "filled.csv").read_text().splitlines()]
+        assert listed == written
+    assert originals == {path: path.read_bytes() for path in (tmp_path / "data").rglob("*.png")}  # untouched
+
+
+def test_an_output_folder_that_would_overwrite_the_inputs_is_refused(tmp_path, capsys):
+    csv = write_rgbd_folder(tmp_path / "pairs", sparse_pairs(1), "png16", png_scale=256)
+    argv = ["--data", csv, "--depth_scale", 256, "--output_dir", tmp_path, "--workers", 1]
+    assert_one_clear_line(run_script(fill_depth, argv, capsys), "would overwrite the input", "00000.png")
+
+
+def test_two_depth_files_meeting_in_one_output_are_refused(tmp_path, capsys):
+    csv = write_rgbd_folder(tmp_path / "pairs", sparse_pairs(1), "png16", png_scale=256)
+    from data import encode_depth_file
+
+    (tmp_path / "pairs" / "depth" / "00000.npy").write_bytes(encode_depth_file(sparse_pairs(1)[0][1], "npy"))
+    csv.write_text(csv.read_text() + "pairs/rgb/00000.jpg,pairs/depth/00000.npy\n")
+    argv = ["--data", csv, "--depth_scale", 256, "--output_dir", tmp_path / "out", "--workers", 1]
+    assert_one_clear_line(run_script(fill_depth, argv, capsys), "would both be filled into", "00000.png")
+
+
+def test_left_and_right_pictures_of_one_scan_are_filled_apart(tmp_path, capsys):
+    """monodepth2's lists name both cameras of a scan: each gets its own file, projected with its own
+    P_rect_0N, and the frames a BTS list gives no ground truth are said."""
+    from kitti_tree import RIGHT_CAMERA_FRAME, write_kitti_tree
+
+    tree = write_kitti_tree(tmp_path / "kitti")
+    drive, frame = RIGHT_CAMERA_FRAME
+    lines = [f"2011_09_26/{drive} {frame} l", f"2011_09_26/{drive} {frame} r"]
+    listed = tmp_path / "both.txt"
+    listed.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "filled"
+    argv = ["--data", listed, "--kitti_raw", tree["raw"], "--output_dir", out, "--workers", 1, "--size", "half"]
+    status, stdout, err = run_script(fill_depth, argv, capsys)
+    assert status == 0, err
+    left = out / f"2011_09_26/{drive}/proj_depth/filled/image_02/{frame:010d}.png"
+    right = out / f"2011_09_26/{drive}/proj_depth/filled/image_03/{frame:010d}.png"
+    assert left.is_file() and right.is_file() and left.read_bytes() != right.read_bytes()
+    csv_lines = (out / "filled.csv").read_text().splitlines()
+    assert len(csv_lines) == 2 and "image_03/data" in csv_lines[1] and "image_03" in csv_lines[1].split(",")[1]
+
+    argv = ["--data", tree["bts"], "--kitti_raw", tree["raw"], "--kitti_depth", tree["annotated"], "--output_dir",
+            tmp_path / "bts", "--workers", 1, "--size", "half", "--shard", "0/6"]  # fmt: skip
+    status, stdout, err = run_script(fill_depth, argv, capsys)
+    assert status == 0, err
+    assert "1 of its 6 frames have no ground truth (None in the list), left out" in stdout
+
+
+class RecordingPool:
+    """multiprocessing's Pool run in this process, recording how many bytes each task pickles to."""
+
+    task_bytes = []
+
+    def __init__(self, processes, initializer=None, initargs=()):
+        import pickle
+
+        initializer(*[pickle.loads(pickle.dumps(arg)) for arg in initargs])  # what the worker would get, once
+
+    def imap_unordered(self, function, items):
+        import pickle
+
+        for item in items:
+            RecordingPool.task_bytes.append(len(pickle.dumps((function, item))))
+            yield pickle.loads(pickle.dumps(function))(item)
+
+    def terminate(self):
+        pass
+
+
+def test_the_pools_tasks_are_pair_indices_not_the_dataset(tmp_path, capsys, monkeypatch):
+    csv = write_rgbd_folder(tmp_path / "pairs", sparse_pairs(3), "png16", png_scale=256)
+    monkeypatch.setattr(fill_depth.multiprocessing, "get_context", lambda method: type("Context", (), {
+        "Pool": RecordingPool}))  # fmt: skip
+    RecordingPool.task_bytes = []
+    argv = ["--data", csv, "--depth_scale", 256, "--output_dir", tmp_path / "out", "--workers", 2, "--size", "half"]
+    status, _, err = run_script(fill_depth, argv, capsys)
+    assert status == 0, err
+    assert len(RecordingPool.task_bytes) == 3 and max(RecordingPool.task_bytes) < 200
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 3
