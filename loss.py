@@ -70,7 +70,9 @@ def masked_ssim(x, y, weight, value_range, window=SSIM_WINDOW, sigma=SSIM_SIGMA)
     windows' SSIM weighted by how much of each window is measured, G*(w); windows with nothing
     measured drop out. A pixel of weight 0 enters nothing, so the gradient there is exactly 0;
     with every pixel measured, G*(w) is 1 and this is ssim() (to rounding). An image with no
-    measured pixel gives NaN, for the caller to leave out.
+    measured pixel gives NaN, for the caller to leave out, and no gradient at all: its windows'
+    mass is 0, which divides nothing (a 0 / 0 there would make the whole batch's gradient NaN even
+    behind a torch.where, which hides a value but not its gradient).
     """
     c1 = (0.01 * value_range) ** 2
     c2 = (0.03 * value_range) ** 2
@@ -84,7 +86,9 @@ def masked_ssim(x, y, weight, value_range, window=SSIM_WINDOW, sigma=SSIM_SIGMA)
     cov_xy = xy - mu_x * mu_y
     luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
     contrast_structure = (2 * cov_xy + c2) / (var_x + var_y + c2)
-    return (mass * luminance * contrast_structure).flatten(1).sum(dim=1) / mass.flatten(1).sum(dim=1)
+    total_mass = mass.flatten(1).sum(dim=1)
+    weighted = (mass * luminance * contrast_structure).flatten(1).sum(dim=1) / total_mass.clamp(min=1e-12)
+    return torch.where(total_mass > 0, weighted, torch.nan)
 
 
 def masked_gradient_loss(pred, target, valid):

@@ -84,15 +84,11 @@ class DepthMetrics:
         """Add a batch: pred_m and gt_m of the same shape (N, ...), in metres."""
         if pred_m.shape != gt_m.shape:
             raise ValueError(f"prediction shape {tuple(pred_m.shape)} != ground truth {tuple(gt_m.shape)}")
+        valid = self.counted(gt_m.detach().flatten(1).to(pred_m.device))
         pred_m = pred_m.detach().flatten(1).double()
         gt_m = gt_m.detach().flatten(1).double().to(pred_m.device)
         if self.term_sums is None:
             self._start(pred_m.device)
-        valid = torch.isfinite(gt_m) & (gt_m > 0)
-        if self.max_depth_m is not None:
-            valid &= gt_m <= self.max_depth_m
-        if self.gt_range_m is not None:
-            valid &= (gt_m > self.gt_range_m[0]) & (gt_m < self.gt_range_m[1])
         terms = pixel_terms(torch.where(valid, pred_m, 1.0), torch.where(valid, gt_m, 1.0))
         sums_per_image = (terms * valid.unsqueeze(-1)).sum(dim=1)  # (N, terms)
         pixels_per_image = valid.sum(dim=1)
@@ -103,6 +99,18 @@ class DepthMetrics:
         self.term_sums += sums_per_image.sum(dim=0)
         self.image_metric_sums += (per_image * has_pixels.unsqueeze(-1)).sum(dim=0)
         self.counts += torch.stack([pixels_per_image.sum(), (~valid).sum(), has_pixels.sum()])
+
+    def counted(self, gt_m):
+        """Which ground-truth pixels count: finite, > 0, and inside the bounds, compared in float32 as the
+        protocols' own code compares (BTS's and monodepth2's float32 arrays against Python floats), so
+        that ground truth of exactly 1 mm (1 / 1000 in float32) is not > 1e-3 there, nor here."""
+        gt_m = gt_m.float()
+        valid = torch.isfinite(gt_m) & (gt_m > 0)
+        if self.max_depth_m is not None:
+            valid &= gt_m <= self.max_depth_m
+        if self.gt_range_m is not None:
+            valid &= (gt_m > self.gt_range_m[0]) & (gt_m < self.gt_range_m[1])
+        return valid
 
     def sums(self, device):
         """The tensors of sums and counts, on `device` if none was added yet, for processes that each

@@ -113,3 +113,25 @@ def test_sparse_terms_see_only_measured_neighbours_and_windows():
     )
     everything_missing = torch.full_like(target, float("nan"))
     assert DepthLoss(mask_invalid=True)(pred, everything_missing).item() == 0.0
+
+
+def test_a_picture_with_nothing_measured_adds_nothing_and_no_nan_to_the_gradient():
+    """Sparse ground truth where one picture of the batch has no measured pixel at all (all 0, or all beyond
+    --max_depth: NaN targets): the loss is that of the other pictures, and the backward pass is finite,
+    exactly 0 over that picture (a NaN gradient there would make Adam turn every weight NaN)."""
+    torch.manual_seed(0)
+    pred = (torch.rand(3, 1, 24, 32) * 90 + 10).requires_grad_()
+    target = torch.rand(3, 1, 24, 32) * 90 + 10
+    target[target < 30] = torch.nan  # sparse
+    target[1] = torch.nan  # nothing measured
+    criterion = DepthLoss(mask_invalid=True)
+    loss = criterion(pred, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
+    assert (pred.grad[1] == 0).all() and (pred.grad[0] != 0).any()
+    others = [0, 2]
+    kept = pred.detach()[others].requires_grad_()
+    expected = criterion(kept, target[others])
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(pred.grad[others], kept.grad, rtol=1e-5, atol=1e-9)

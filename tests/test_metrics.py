@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,17 @@ def test_ground_truth_range_leaves_out_both_ends_as_kitti_does():
     metrics.update(torch.full_like(gt, 5.0), gt)
     summary = metrics.summary()
     assert summary["num_valid_pixels"] == 1 and summary["per_image"]["delta1"] == 1.0
+
+
+def test_the_range_is_compared_in_float32_as_bts_and_monodepth2_do():
+    """BTS reads 16-bit millimetres as float32 / 1000 and compares with 1e-3 in float32: 1 mm is not > 1e-3
+    there (float32(0.001) == float32(1e-3)). The same ground truth in float64 would count it."""
+    millimetres = np.array([1, 2, 9999, 10000, 5000], dtype=np.uint16)
+    gt32 = millimetres.astype(np.float32) / 1000.0
+    expected = int(np.logical_and(gt32 > 1e-3, gt32 < 10).sum())  # BTS's own test, in numpy's float32
+    assert expected == 3  # 2, 9999 and 5000 mm
+    assert int(np.logical_and(gt32.astype(np.float64) > 1e-3, gt32.astype(np.float64) < 10).sum()) == 4
+    metrics = DepthMetrics(gt_range_m=(1e-3, 10.0))
+    gt = torch.from_numpy(gt32)[None]
+    metrics.update(torch.ones_like(gt), gt)
+    assert metrics.summary()["num_valid_pixels"] == expected
