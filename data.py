@@ -338,7 +338,13 @@ class PairDataset(Dataset):
     (1, H, W) float metres), with DenseDepth's augmentation if `augment`; a pair that cannot be loaded
     comes back as a FailedSample instead, for collate_pairs to leave out and report. Indices may come
     with a seed for the augmentation (see TrainingOrder). Subclasses give `pairs` (names, for the
-    report), `augment` and load_pair(index), which raises DecodeError naming what is wrong."""
+    report), `augment` and load_pair(index), which raises DecodeError naming what is wrong.
+
+    With `measured_up_to_m` set (training on sparse depth: datasets of one's own, KITTI, raw NYU), a
+    pair with no measured depth in 0 < d <= measured_up_to_m is a FailedSample too: it would give the
+    loss nothing to learn from, and is skipped and reported as a pair that does not load."""
+
+    measured_up_to_m = None
 
     def __len__(self):
         return len(self.pairs)
@@ -349,10 +355,17 @@ class PairDataset(Dataset):
             image, depth_m = self.load_pair(index)
         except DecodeError as err:
             return FailedSample(self.pairs[index], str(err))
+        if self.measured_up_to_m is not None and not has_measured_depth(depth_m, self.measured_up_to_m):
+            return FailedSample(self.pairs[index], f"has no measured depth in 0 < d <= {self.measured_up_to_m:g} m")
         if self.augment:
             generator = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
             image, depth_m = augment(image, depth_m, generator)
         return image, depth_m
+
+
+def has_measured_depth(depth_m, max_m):
+    """Whether any pixel of depth_m is measured (finite, > 0) and at most max_m."""
+    return bool(((depth_m > 0) & (depth_m <= max_m)).any())  # NaN compares False
 
 
 class NYUDepthDataset(PairDataset):
@@ -504,20 +517,14 @@ DEPTH_SUFFIXES = (".png", ".npy", ".tif", ".tiff")
 HELD_OUT_EVERY = 20
 
 
-def is_rgbd_dataset(path):
-    """Whether `path` names a dataset of one's own: a .csv file, or a folder with rgb/ and depth/ in it."""
-    path = Path(path)
-    return path.suffix.lower() == ".csv" or ((path / "rgb").is_dir() and (path / "depth").is_dir())
-
-
-def first_line_of_list(path):
-    """The first non-empty line of a .txt list file, stripped ('' for anything else): what the list
-    readers (KITTI's, BTS's NYU lists) tell the lists apart by."""
-    path = Path(path)
-    if path.suffix.lower() != ".txt" or not path.is_file():
-        return ""
-    with open(path, encoding="utf-8", errors="replace") as file:
-        return next((line.strip() for line in file if line.strip()), "")
+def hold_out(items, every):
+    """(kept, held) lists of a sequence: every `every`-th item from the every-th is held out to validate
+    (the last one when there are fewer than `every`), the others kept, both in order. By position, in
+    one pass: no item is looked up or compared."""
+    items = list(items)
+    if len(items) < every:
+        return items[:-1], items[-1:]
+    return [item for number, item in enumerate(items, start=1) if number % every], items[every - 1 :: every]
 
 
 def open_rgbd_pairs(path, flag):
@@ -553,29 +560,30 @@ def folder_pairs(path):
     return pairs
 
 
-def open_training_sets(data_dir, val_data=None, depth_scale=None):
-    """(training set, validation set): NYU's zip (or its extracted folder) and its test split; or a
-    dataset of one's own (depth PNGs read with depth_scale) validated on val_data, or else on every
-    HELD_OUT_EVERY-th of its pairs. The first pair of each is decoded here, so a setting that does
-    not fit the files (no --depth_scale for PNGs, a picture and depth of two sizes) stops the run now."""
-    if not is_rgbd_dataset(data_dir):
-        if depth_scale is not None and val_data is None:
-            raise UserError("--depth_scale is for datasets of one's own; NYU's zip has its own depth conventions")
-        archive = open_training_data(data_dir)
-        train_set = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
-        if val_data is None:
-            return train_set, NYUDepthDataset(archive, read_pairs(archive, TEST_CSV), augment=False)
-        val_archive, val_pairs = open_rgbd_pairs(val_data, "--val_data")
-        return train_set, _checked(NYUDepthDataset(val_archive, val_pairs, False, depth_scale), "--val_data")
+def open_nyu_training_sets(data_dir, val_data=None, depth_scale=None):
+    """(training set, validation set) of NYU's training zip (or its extracted folder): validated on its
+    test split, or on val_data, pairs of one's own (depth PNGs read with depth_scale)."""
+    archive = open_training_data(data_dir)
+    train_set = NYUDepthDataset(archive, read_pairs(archive, TRAIN_CSV), augment=True)
+    if val_data is None:
+        return train_set, NYUDepthDataset(archive, read_pairs(archive, TEST_CSV), augment=False)
+    val_archive, val_pairs = open_rgbd_pairs(val_data, "--val_data")
+    return train_set, _checked(NYUDepthDataset(val_archive, val_pairs, False, depth_scale), "--val_data")
+
+
+def open_own_training_sets(data_dir, val_data=None, depth_scale=None):
+    """(training set, validation set) of a dataset of one's own (depth PNGs read with depth_scale),
+    validated on val_data, or else on every HELD_OUT_EVERY-th of its pairs. The first pair of each is
+    decoded here, so a setting that does not fit the files (no --depth_scale for PNGs, a picture and
+    depth of two sizes) stops the run now."""
     archive, pairs = open_rgbd_pairs(data_dir, "--data_dir")
     if val_data is not None:
         val_archive, val_pairs = open_rgbd_pairs(val_data, "--val_data")
     elif len(pairs) < 2:
         raise UserError(f"--data_dir {data_dir} has {len(pairs)} pair; give --val_data or more pairs")
     else:
-        val_archive, val_pairs = archive, pairs[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY] or pairs[-1:]
-        held_out = set(val_pairs)
-        pairs = [pair for pair in pairs if pair not in held_out]
+        pairs, val_pairs = hold_out(pairs, HELD_OUT_EVERY)
+        val_archive = archive
     train_set = _checked(NYUDepthDataset(archive, pairs, True, depth_scale), "--data_dir")
     return train_set, _checked(NYUDepthDataset(val_archive, val_pairs, False, depth_scale), "--val_data")
 
@@ -665,6 +673,16 @@ class EigenTestZip:
 
     def __len__(self):
         return self.rgb_shape[0]
+
+    def first_depth_has_holes(self):
+        """Whether the first picture's depth has pixels without a measurement (not finite, or <= 0): raw
+        depth does (the Kinect's shadows, its empty border); the filled depth of nyu_test.zip does not."""
+        if len(self) == 0:
+            return False
+        batches = self.batches(1)
+        _, depth_m = next(batches)
+        batches.close()
+        return not bool((np.isfinite(depth_m) & (depth_m > 0)).all())
 
     def batches(self, batch_size):
         """Yield (rgb (B, H, W, 3) uint8, depth_m (B, H, W) float32) numpy arrays, in order."""

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from data import NYU_INTRINSICS, scaled_intrinsics
-from densedepth.deploy import CALIBRATION_HELP, prediction_model
+from densedepth.deploy import prediction_model
 from densedepth.inference import PictureOptions, depth_of_pictures, load_model, picture_outputs
 from densedepth.visualize import backproject
 from utils import DEVICE_HELP, PREDICTION_PRECISIONS, UserError, choose_device, choose_precision, run_main
@@ -54,7 +54,11 @@ def get_args_parser():
     parser.add_argument(
         "--precision", choices=PREDICTION_PRECISIONS, default="auto", help="as evaluate.py's --precision"
     )
-    parser.add_argument("--calibration", default="data/sample/nyu_test.zip", help=CALIBRATION_HELP)
+    parser.add_argument(
+        "--calibration",
+        help="pictures --precision int8 is calibrated on: an Eigen test zip or a folder of pictures like yours "
+        "(needed for int8 here: the demo's pictures are not known when it starts; 'auto' never picks int8 in the demo)",
+    )
     parser.add_argument("--no_flip", dest="flip", action="store_false", help="skip the mirror-image averaging")
     return parser
 
@@ -275,7 +279,7 @@ def main(args):
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
     model, input_size = load_model(path, device)
-    model, dtype = prediction_model(model, dtype, input_size, args.precision, args.calibration, device)
+    model, dtype = prediction_model(model, dtype, input_size, args.precision, device, None, args.calibration)
     out_dir = Path(tempfile.mkdtemp(prefix="densedepth-demo-"))
     demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir)
     title = f"Model `{shown_path(path)}`, on {device}, {str(dtype).removeprefix('torch.')}."

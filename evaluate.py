@@ -25,12 +25,11 @@ Garg's crop, over ground truth with 1e-3 < d < 80 m).
 """
 
 import argparse
+import contextlib
 import glob
 import json
-import math
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -39,17 +38,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data import (
-    DEPTH_SCALE_HELP,
-    RGB_SUFFIXES,
-    DirectoryArchive,
-    EigenTestZip,
-    FailedSample,
-    NYUDepthDataset,
-    is_rgbd_dataset,
-    open_rgbd_pairs,
-)
-from densedepth.deploy import CALIBRATION_HELP, prediction_model
+from data import DEPTH_SCALE_HELP, RGB_SUFFIXES
+from densedepth.deploy import CALIBRATION_HELP, Work, prediction_model
 from densedepth.inference import (
     OUTPUT_KINDS,
     PictureOptions,
@@ -58,28 +48,25 @@ from densedepth.inference import (
     network_size,
     picture_outputs,
 )
-from densedepth.kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list
-from densedepth.nyu_sources import (
-    BTS_DEPTH_SCALE,
-    GROUND_TRUTHS,
-    LabeledDataset,
-    LabeledMat,
-    is_bts_nyu_list,
-    is_labeled_mat,
-    read_bts_nyu_list,
-    read_splits,
+from densedepth.kitti import add_kitti_arguments
+from densedepth.nyu_sources import GROUND_TRUTHS
+from densedepth.protocol import CROPS, NYU_PROTOCOLS, crop, evaluate_protocol, predict_depth_m, resolve_crop
+from densedepth.sources import (
+    EVALUATE_FLAGS,
+    check_data_flags,
+    check_evaluation_flags,
+    open_test_data,
+    runs_of_one_size,
 )
-from densedepth.protocol import (
-    CROPS,
-    NYU_PROTOCOLS,
-    crop,
-    eigen_batches,
-    evaluate_protocol,
-    kb_crop_box,
-    predict_depth_m,
-    resolve_crop,
+from densedepth.video import (
+    VIDEO_SUFFIXES,
+    VideoOptions,
+    depth_of_video,
+    first_frames,
+    is_video,
+    require_av,
+    video_frame_count,
 )
-from densedepth.video import VIDEO_SUFFIXES, VideoOptions, depth_of_video, is_video, require_av
 from densedepth.visualize import (
     DEPTH_CMAP,
     colour_range,
@@ -152,11 +139,7 @@ def get_args_parser():
         "and int8 on CPUs with AMX where it measures faster still; it says which and why. Metrics are computed in "
         "fp32 either way",
     )
-    parser.add_argument(
-        "--calibration",
-        default="data/sample/nyu_test.zip",
-        help=CALIBRATION_HELP,
-    )
+    parser.add_argument("--calibration", help=CALIBRATION_HELP)
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (worth it on CUDA for large test sets)"
     )
@@ -250,191 +233,42 @@ def check_args(args):
         raise UserError(f"--cmap {args.cmap} is not a matplotlib colour map (try plasma, viridis, magma, turbo)")
     if args.depth_scale is not None and not args.depth_scale > 0:
         raise UserError(f"--depth_scale must be positive (units per metre), got {args.depth_scale}")
-    if args.depth_scale is not None and not (args.data and is_rgbd_dataset(args.data)):
-        raise UserError("--depth_scale is for --data of one's own (a CSV or rgb/ + depth/ folders)")
-    labeled = args.data is not None and is_labeled_mat(args.data)
-    bts_list = args.data is not None and is_bts_nyu_list(args.data)
-    if labeled and args.splits is None:
-        raise UserError(f"--data {args.data} is a .mat: give --splits splits.mat, whose testNdxs are scored")
-    if args.splits is not None and not labeled:
-        raise UserError("--splits is for --data nyu_depth_v2_labeled.mat")
-    if args.gt is not None and not labeled:
-        raise UserError("--gt picks the labeled .mat's depth (filled or raw); other test data holds one depth")
-    if args.data_root is not None and not bts_list:
-        raise UserError("--data_root is for --data one of BTS's NYU lists (nyudepthv2_test_files_with_gt.txt)")
-    if args.protocol is not None and not (labeled or bts_list or (args.data and Path(args.data).suffix == ".zip")):
-        raise UserError("--protocol is for NYU's test data: nyu_test.zip, the labeled .mat or BTS's list")
-    kitti = args.data is not None and is_kitti_list(args.data)
-    for flag in ("kitti_raw", "kitti_depth", "kb_crop"):
-        if getattr(args, flag) and not kitti:
-            raise UserError(f"--{flag} is for --data a KITTI split list (BTS's or monodepth2's .txt)")
+    if args.data is not None:
+        check_evaluation_flags(args)
+    else:
+        check_data_flags(args, None, "--data", EVALUATE_FLAGS)
     if args.intrinsics is not None and not (args.intrinsics[0] > 0 and args.intrinsics[1] > 0):
         raise UserError(f"--intrinsics FX and FY must be positive, got {args.intrinsics[:2]}")
 
 
-def evaluate_zip(model, input_size, args, device, dtype):
-    """The Eigen test zip, in the crop it holds (or --crop's)."""
-    test_set = EigenTestZip(args.data)
+def score(model, test_set, input_size, args, device, dtype):
+    """Score the model on a TestSet by the protocol, streamed with a progress bar in pictures; print and
+    save the metrics and the examples."""
+    if test_set.intro:
+        print(test_set.intro)
+    cap_m = model.depth_range.max_m if test_set.capped else None
+    metrics = DepthMetrics(max_depth_m=cap_m, gt_range_m=test_set.gt_range_m)
     examples = ExamplePicker(len(test_set), args.num_examples)
-    batches = examples.pick(eigen_batches(test_set, args.batch_size))
-    total = math.ceil(len(test_set) / args.batch_size)
-    protocol = NYU_PROTOCOLS[args.protocol or "densedepth"]
-    crop_name = args.crop or (protocol.crop if args.protocol else None)  # the zip's own crop unless told
-    crop_spec = crop_name or test_set.crop
-    metrics = evaluate_protocol(
-        model, batches, input_size, crop_spec, device, dtype, args.flip, DepthMetrics(gt_range_m=protocol.gt_range_m),
-        bar={"total": total},
-    )  # fmt: skip
-    label = f"{crop_name} crop" if crop_name else f"Eigen crop {list(test_set.crop)}"
-    settings = {"crop": crop_name or list(test_set.crop)}
-    if args.protocol:
-        label += range_label(protocol.gt_range_m, ", ground truth")
-        settings.update(protocol=args.protocol, gt_range_m=protocol.gt_range_m and list(protocol.gt_range_m))
+    batches = test_set.batches(args.batch_size, default_workers(device))
+    # closed on every path, so that its DataLoader workers end with it, not at the interpreter's exit
+    with contextlib.closing(batches), tqdm(total=len(test_set), unit="picture", desc="evaluating", leave=False) as bar:
+        evaluate_protocol(model, counted(examples.pick(batches), bar), input_size, test_set.crop, device, dtype,
+                          args.flip, metrics, bar={"disable": True})  # fmt: skip
+    label, settings = test_set.label, dict(test_set.settings)
+    if cap_m is not None:
+        label, settings["max_depth_m"] = label.replace("the model's farthest depth", f"{cap_m:g} m"), cap_m
     report_metrics(metrics, label, args, input_size, device, dtype, **settings)
     if examples.picked:
-        folder = save_examples(model, examples.picked, input_size, crop_spec, device, dtype, args, None,
-                               protocol.gt_range_m)  # fmt: skip
-        print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
-
-
-def evaluate_pairs(model, input_size, args, device, dtype):
-    """A dataset of one's own (a CSV or rgb/ + depth/ folders), pictures of any size: each predicted at
-    the model's input size and upsampled to its ground truth, with --crop (default none) and the
-    ground truth capped at the model's maximum depth."""
-    archive, pairs = open_rgbd_pairs(args.data, "--data")
-    dataset = NYUDepthDataset(archive, pairs, augment=False, png_scale=args.depth_scale)
-    crop_name, cap = args.crop or "none", model.depth_range.max_m
-    score_dataset(
-        model, dataset, input_size, args, device, dtype, crop_name, f"{crop_name} crop, ground truth capped at "
-        f"{cap:g} m", Bounds(max_depth_m=cap), crop=crop_name, max_depth_m=cap,
-    )  # fmt: skip
-
-
-def evaluate_kitti(model, dataset, input_size, args, device, dtype):
-    """A KITTI split list (a KittiDataset) by KITTI's protocol: Garg's crop unless --crop says otherwise,
-    ground truth 1e-3 < d < 80 m, both aggregations; frames without ground truth are counted and left out."""
-    print(
-        f"{args.data}: {dataset.describe_counts()}, ground truth from the "
-        + ("annotated depth" if dataset.source == "annotated" else f"Velodyne ({args.velodyne_depth} depth)")
-    )
-    crop_name = args.crop or "garg"
-    where = f"{crop_name} crop" + (" of the full frame, predicted on the KB crop" if args.kb_crop else "")
-    label = where + range_label(KITTI_GT_RANGE_M, ", ground truth")
-    score_dataset(
-        model, dataset, input_size, args, device, dtype, crop_name, label,
-        Bounds(gt_range_m=KITTI_GT_RANGE_M), kb_crop=args.kb_crop, crop=crop_name,
-        gt_range_m=list(KITTI_GT_RANGE_M), ground_truth=dataset.source, frames_listed=dataset.num_listed,
-        frames_without_gt=dataset.num_without_gt, frames=dataset.describe_counts(),
-    )  # fmt: skip
-
-
-def open_nyu_source(args):
-    """NYU's test pictures from the labeled .mat (with --splits) or BTS's extracted folder (its list with
-    --data_root), opened and checked before the model loads: (dataset, protocol name, metrics.json settings)."""
-    if is_labeled_mat(args.data):
-        mat = LabeledMat(args.data, "--data")
-        _, test_indices = read_splits(args.splits, mat.count)
-        name = args.protocol or "densedepth"
-        ground_truth = args.gt or NYU_PROTOCOLS[name].ground_truth
-        return LabeledDataset(mat, test_indices, ground_truth), name, {"ground_truth": ground_truth}
-    pairs, focals = read_bts_nyu_list(args.data, args.data_root, "--data")  # raw depth, 16-bit millimetres
-    dataset = NYUDepthDataset(DirectoryArchive(args.data_root), pairs, augment=False, png_scale=BTS_DEPTH_SCALE)
-    return dataset, args.protocol or "bts", {"ground_truth": "raw", "focal_px": sorted(set(focals))}
-
-
-def evaluate_nyu_source(model, opened, input_size, args, device, dtype):
-    """The pictures of open_nyu_source by the protocol --protocol names (--crop and --gt override its parts)."""
-    dataset, name, source = opened
-    protocol = NYU_PROTOCOLS[name]
-    crop_name = args.crop or protocol.crop
-    label = f"{crop_name} crop, {source['ground_truth']} ground truth" + range_label(protocol.gt_range_m)
-    score_dataset(
-        model, dataset, input_size, args, device, dtype, crop_name, label, Bounds(gt_range_m=protocol.gt_range_m),
-        protocol=name, crop=crop_name, gt_range_m=protocol.gt_range_m and list(protocol.gt_range_m), **source,
-    )  # fmt: skip
-
-
-def range_label(gt_range_m, prefix=""):
-    """' 0.001 < d < 10 m' (after `prefix`) for a ground-truth range; '' for none."""
-    return f"{prefix} {gt_range_m[0]:g} < d < {gt_range_m[1]:g} m" if gt_range_m else ""
-
-
-class Bounds(NamedTuple):
-    """Which ground truth the metrics count, beside finite and > 0 (metrics.DepthMetrics)."""
-
-    max_depth_m: float = None
-    gt_range_m: tuple = None
-
-
-def score_dataset(model, dataset, input_size, args, device, dtype, crop_name, label, bounds, kb_crop=False,
-                  **settings):  # fmt: skip
-    """Evaluate a dataset of (picture, depth) pairs by the protocol, streamed through DataLoader workers
-    with a progress bar in pictures; print and save the metrics (`settings` go into metrics.json) and
-    the examples. kb_crop: predict on KITTI's benchmark crop (kb_cropped)."""
-    workers = min(default_workers(device), len(dataset) - 1)
-    loaded = DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=ignore_stop_signals)
-    examples = ExamplePicker(len(dataset), args.num_examples)
-    batches, scored_crop = pair_batches(loaded, args.batch_size), crop_name
-    if kb_crop:  # the crop's box is the full frame's; what lies outside it is masked before cropping
-        batches, scored_crop, settings["kb_crop"] = kb_cropped(batches, crop_name), "none", True
-    with tqdm(total=len(dataset), unit="picture", desc="evaluating", leave=False) as bar:
-        metrics = evaluate_protocol(
-            model, counted(examples.pick(batches), bar), input_size, scored_crop, device, dtype, args.flip,
-            DepthMetrics(*bounds), bar={"disable": True},
-        )  # fmt: skip
-    report_metrics(metrics, label, args, input_size, device, dtype, **settings)
-    if examples.picked:
-        folder = save_examples(model, examples.picked, input_size, scored_crop, device, dtype, args, *bounds)
+        folder = save_examples(model, examples.picked, input_size, test_set.crop, device, dtype, args, cap_m,
+                               test_set.gt_range_m)  # fmt: skip
         print(f"{len(examples.picked)} examples (input | ground truth | prediction | error) saved to {folder}")
 
 
 def counted(batches, bar):
     """The batches, each counted on the progress bar in pictures once it has been used."""
-    for images, depth_m in batches:
-        yield images, depth_m
-        bar.update(len(images))
-
-
-def kb_cropped(batches, crop_name):
-    """Batches cut to the KITTI benchmark crop, their ground truth NaN outside the full frame's named crop:
-    scored with no further crop, that is BTS's prediction pasted into the full frame and scored there."""
-    for images, depth_m in batches:
-        height, width = images.shape[-2:]
-        try:
-            top, bottom, left, right = kb_crop_box(height, width)
-        except ValueError as err:
-            raise UserError(f"--kb_crop: {err}") from err
-        outside = torch.ones(depth_m.shape[-2:], dtype=torch.bool)
-        crop(outside, resolve_crop(crop_name, height, width)).fill_(False)
-        depth_m = depth_m.masked_fill(outside, torch.nan)
-        yield images[..., top : bottom + 1, left : right + 1], depth_m[..., top : bottom + 1, left : right + 1]
-
-
-def pair_batches(loaded, batch_size):
-    """(images (B, 3, H, W) uint8, depth_m (B, 1, H, W)) batches of consecutive pairs of one size;
-    a pair that does not load stops the evaluation with its reason."""
-
-    def pairs():
-        for sample in loaded:
-            if isinstance(sample, FailedSample):
-                raise UserError(f"--data: {sample.reason}")
-            yield sample
-
-    for run in runs_of_one_size(pairs(), batch_size, lambda pair: pair[0]):
-        images, depths = zip(*run)
-        yield torch.stack(images), torch.stack(depths)
-
-
-def runs_of_one_size(items, batch_size, picture_of):
-    """Consecutive items whose pictures (picture_of(item)) have one shape, in lists of up to batch_size."""
-    run = []
-    for item in items:
-        if run and (picture_of(item).shape != picture_of(run[0]).shape or len(run) == batch_size):
-            yield run
-            run = []
-        run.append(item)
-    if run:
-        yield run
+    for batch in batches:
+        yield batch
+        bar.update(len(batch[0]))
 
 
 def report_metrics(metrics, crop_label, args, input_size, device, dtype, **settings):
@@ -450,7 +284,8 @@ def report_metrics(metrics, crop_label, args, input_size, device, dtype, **setti
         print(format_table(summary[args.aggregation], markdown=True))
     if summary["num_invalid_pixels"]:
         left_out = summary["num_invalid_pixels"]
-        why = "had no measurement in range" if "gt_range_m" in settings else "were not finite and > 0"
+        bounded = settings.get("gt_range_m") or settings.get("max_depth_m")
+        why = "had no measurement in range" if bounded else "were not finite and > 0"
         print(f"{left_out} ground-truth pixels inside the crop {why} and were left out")
     report = {
         "model": str(args.model),
@@ -471,27 +306,27 @@ class ExamplePicker:
 
     def __init__(self, num_images, count):
         self.wanted = set(example_indices(num_images, count))
-        self.picked = []  # (index, image (3, H, W) uint8, depth_m (1, H, W))
+        self.picked = []  # (index, image (3, H, W) uint8, depth_m (1, H, W), its crop box or None)
 
     def pick(self, batches):
         start = 0
-        for images, depth_m in batches:
+        for images, depth_m, box in batches:
             for index in sorted(self.wanted.intersection(range(start, start + len(images)))):
-                self.picked.append((index, images[index - start].clone(), depth_m[index - start].clone()))
+                self.picked.append((index, images[index - start].clone(), depth_m[index - start].clone(), box))
             start += len(images)
-            yield images, depth_m
+            yield images, depth_m, box
 
 
 def save_examples(model, picked, input_size, crop_spec, device, dtype, args, max_depth_m=None, gt_range_m=None):
     """Predict the picked test pictures by the protocol and write, per picture, its four tiles
     (NNNN_input/_gt/_pred/_error.png) and a titled panel of them (NNNN.png)."""
     folder = Path(args.output_dir) / "examples"
-    for index, image, gt_m in picked:
+    for index, image, gt_m, box in picked:
         size = network_size(image.shape[-2:], input_size)
         with torch.inference_mode(), autocast(device, dtype):
             pred_m = predict_depth_m(model, image[None].to(device), size, gt_m.shape[-2:], args.flip)
         pred_m = pred_m.float().cpu()
-        crop_box = resolve_crop(crop_spec, *gt_m.shape[-2:])
+        crop_box = box or resolve_crop(crop_spec, *gt_m.shape[-2:])
         metrics = DepthMetrics(max_depth_m, gt_range_m)
         metrics.update(crop(pred_m, crop_box), crop(gt_m[None], crop_box))
         scores = metrics.compute()
@@ -685,6 +520,22 @@ def report_pictures(written, failures, num_pictures, args):
         )
 
 
+def picture_work(stills, videos):
+    """The Work of --img for the INT8 decision: its pictures and the frames of its videos."""
+    frames = sum(video_frame_count(path) for path, _ in videos)
+
+    def first_pictures(count):
+        pictures = []
+        for path, _ in stills[:count]:
+            with contextlib.suppress(UserError):  # an unreadable picture is reported when its turn comes
+                pictures.append(load_picture(path)[0])
+        for path, _ in videos:
+            pictures += first_frames(path, count - len(pictures))
+        return pictures[:count]
+
+    return Work(len(stills) + frames, first_pictures)
+
+
 def main(args):
     check_args(args)
     pictures = find_pictures(args.img, args.output_dir) if args.img else []  # before the model loads
@@ -692,32 +543,22 @@ def main(args):
     stills = [(path, name) for path, name in pictures if not is_video(path)]
     if videos:
         require_av()
-    kitti = args.data is not None and is_kitti_list(args.data)
-    if kitti:  # its files checked before the model loads, too
-        kitti_set = KittiDataset(args.data, args.kitti_raw, args.kitti_depth, velodyne_depth=args.velodyne_depth)
-    nyu_source = args.data is not None and (is_labeled_mat(args.data) or is_bts_nyu_list(args.data))
-    if nyu_source:
-        opened = open_nyu_source(args)
+    test_set = open_test_data(args) if args.data is not None else None  # its files checked before the model loads
     writable_dir(args.output_dir, "--output_dir")
     device = choose_device(args.device)
     dtype = choose_precision(args.precision, device)
     model, input_size = load_model(args.model, device)
-    model, dtype = prediction_model(model, dtype, input_size, args.precision, args.calibration, device)
+    work = Work(len(test_set), test_set.first_pictures) if test_set is not None else picture_work(stills, videos)
+    model, dtype = prediction_model(model, dtype, input_size, args.precision, device, work, args.calibration)
     if args.compile and isinstance(model, torch.nn.Module):
         model = torch.compile(model)
-    if kitti:
-        evaluate_kitti(model, kitti_set, input_size, args, device, dtype)
-    elif nyu_source:
-        evaluate_nyu_source(model, opened, input_size, args, device, dtype)
-    elif args.data is not None and is_rgbd_dataset(args.data):
-        evaluate_pairs(model, input_size, args, device, dtype)
-    elif args.data is not None:
-        evaluate_zip(model, input_size, args, device, dtype)
-    else:
-        if stills:
-            predict_pictures(model, stills, input_size, args, device, dtype)
-        for path, name in videos:
-            predict_video(model, path, name, input_size, args, device, dtype)
+    if test_set is not None:
+        score(model, test_set, input_size, args, device, dtype)
+        return
+    if stills:
+        predict_pictures(model, stills, input_size, args, device, dtype)
+    for path, name in videos:
+        predict_video(model, path, name, input_size, args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,8 @@ def get_args_parser():
     parser.add_argument("--int8", action="store_true", help="also write an INT8 ONNX (OUTPUT's name + .int8.onnx)")
     parser.add_argument(
         "--calibration",
-        default="data/sample/nyu_test.zip",
-        help="pictures for --int8's calibration: an Eigen test zip, or a folder of pictures (default: the sample "
-        "test zip)",
+        help="pictures for --int8's calibration, like the ones the model will see: an Eigen test zip, or a folder of "
+        "pictures (4 more than --calibration_count are read: the last 4 check INT8 against fp32)",
     )
     parser.add_argument("--calibration_count", type=int, default=16, help="how many calibration pictures")
     return parser
@@ -62,6 +61,9 @@ def check_args(args):
         raise UserError("--int8 quantises an ONNX model: give --format onnx")
     if args.calibration_count < 1:
         raise UserError(f"--calibration_count must be at least 1, got {args.calibration_count}")
+    if args.int8 and args.calibration is None:
+        raise UserError("--int8 calibrates on pictures like the ones the model will see: give --calibration (an Eigen "
+                        "test zip or a folder of pictures)")  # fmt: skip
 
 
 def check_export(module, path, file_format, input_size, uint8_input):
@@ -86,17 +88,20 @@ def check_export(module, path, file_format, input_size, uint8_input):
 
 def write_int8(args, module, input_size, uint8_input):
     int8_path = Path(args.output).with_suffix(".int8.onnx")
-    calibration = calibration_pictures(args.calibration, args.calibration_count, input_size, uint8_input)
+    pictures = calibration_pictures(args.calibration, args.calibration_count + 4, input_size, uint8_input)
+    count = min(args.calibration_count, max(len(pictures) - 4, (len(pictures) + 1) // 2))
+    calibration, check = pictures[:count], pictures[count:] or pictures[:4]
+    compared = f"{len(check)} pictures besides the calibration ones" if pictures[count:] else "the calibration pictures"
     print(f"quantising to INT8, calibrated on {len(calibration)} pictures of {args.calibration} ...")
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as scratch:
         partial = Path(scratch) / int8_path.name
         quantize_int8(Path(args.output), partial, calibration)
         run_fp32, run_int8 = load_exported(args.output, "onnx"), load_exported(partial, "onnx")
-        fp32 = np.concatenate([run_fp32(picture) for picture in calibration[:4]])
-        int8 = np.concatenate([run_int8(picture) for picture in calibration[:4]])
+        fp32 = np.concatenate([run_fp32(picture) for picture in check])
+        int8 = np.concatenate([run_int8(picture) for picture in check])
         partial.replace(int8_path)
     difference = float(np.median(np.abs(int8 - fp32) / fp32))
-    print(f"wrote {int8_path}: median |INT8 - fp32| / fp32 on 4 calibration pictures = {difference:.3f}")
+    print(f"wrote {int8_path}: median |INT8 - fp32| / fp32 on {compared} = {difference:.3f}")
 
 
 def main(args):

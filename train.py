@@ -69,11 +69,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs, open_training_sets
+from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs
 from densedepth.depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
-from densedepth.kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments, is_kitti_list, open_kitti_sets
-from densedepth.nyu_sources import GROUND_TRUTHS, is_bts_nyu_list, is_labeled_mat, open_nyu_source_sets
+from densedepth.kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments
+from densedepth.nyu_sources import GROUND_TRUTHS
 from densedepth.protocol import evaluate_protocol
+from densedepth.sources import KITTI_LIST, check_training_flags, data_kind, open_training_data
 from densedepth.training import (
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -270,7 +271,6 @@ def get_args_parser():
     nyu.add_argument(
         "--gt",
         choices=GROUND_TRUTHS,
-        default="filled",
         help="the labeled .mat's depth to train on: filled (depths, the default) or raw (rawDepths, holes masked)",
     )
     nyu.add_argument("--data_root", help="the folder a BTS list's paths are relative to (sync/ for training)")
@@ -326,18 +326,7 @@ def check_args(args):
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if not 0 <= args.max_bad_fraction < 1:
         raise UserError(f"--max_bad_fraction must be in [0, 1), got {args.max_bad_fraction}")
-    nyu_source = is_labeled_mat(args.data_dir) or is_bts_nyu_list(args.data_dir)
-    for flag in ("splits", "data_root", "val_data_root"):
-        if getattr(args, flag) and not nyu_source:
-            raise UserError(f"--{flag} is for --data_dir NYU's labeled .mat or one of BTS's NYU lists")
-    if nyu_source and args.depth_scale is not None:
-        raise UserError("--depth_scale is for datasets of one's own; NYU's sources have their own depth units")
-    kitti = is_kitti_list(args.data_dir)
-    if kitti and args.depth_scale is not None:
-        raise UserError("--depth_scale is for datasets of one's own; KITTI's annotated depth is metres x 256")
-    for flag in ("kitti_raw", "kitti_depth"):
-        if getattr(args, flag) and not kitti:
-            raise UserError(f"--{flag} is for --data_dir a KITTI split list (BTS's or monodepth2's .txt)")
+    check_training_flags(args)
 
 
 def resolve_settings(args, checkpoint, weights=None):
@@ -407,21 +396,9 @@ def check_world(args, world):
 def build_loaders(args, world):
     """Training loader (this process's share of each global batch, in TrainingOrder, augmented) and
     validation loader (its share of the zip's test split, or of --val_data)."""
-    if is_labeled_mat(args.data_dir) or is_bts_nyu_list(args.data_dir):
-        train_set, val_set = open_nyu_source_sets(
-            args.data_dir, args.val_data, args.splits, args.gt, args.data_root, args.val_data_root, HELD_OUT_EVERY
-        )
-    elif is_kitti_list(args.data_dir):
-        train_set, val_set = open_kitti_sets(
-            args.data_dir, args.val_data, args.kitti_raw, args.kitti_depth, args.velodyne_depth, HELD_OUT_EVERY
-        )
-        if train_set.num_without_gt:
-            print(f"{args.data_dir}: {train_set.num_without_gt} of its {train_set.num_listed} frames have no ground "
-                  "truth and are left out")  # fmt: skip
-    else:
-        train_set, val_set = open_training_sets(args.data_dir, args.val_data, args.depth_scale)
-    if train_set.own_data and args.val_data is None:
-        print(f"validating on {len(val_set)} held-out pairs of {args.data_dir} (every {HELD_OUT_EVERY}th; --val_data)")
+    train_set, val_set = open_training_data(args, HELD_OUT_EVERY)
+    if train_set.own_data:  # sparse depth: a pair with nothing measured in range is skipped and reported
+        train_set.measured_up_to_m = args.max_depth
     if len(train_set) < args.batch_size:
         raise UserError(
             f"{args.data_dir} has {len(train_set)} training pairs, fewer than --batch_size {args.batch_size}"
@@ -752,7 +729,7 @@ def load_start(args, world):
     weights = load_weights(args.weights) if args.weights else None
     if weights is not None and is_keras_file(args.weights):
         print(describe(weights))
-    if checkpoint is None and weights is None and is_kitti_list(args.data_dir):  # KITTI's range, as kitti.h5's
+    if checkpoint is None and weights is None and data_kind(args.data_dir) == KITTI_LIST:  # KITTI's range, as kitti.h5's
         args.min_depth = KITTI_DEPTH_RANGE.min_m if args.min_depth is None else args.min_depth
         args.max_depth = KITTI_DEPTH_RANGE.max_m if args.max_depth is None else args.max_depth
     resolve_settings(args, checkpoint, weights)

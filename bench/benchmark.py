@@ -605,7 +605,10 @@ def case_velodyne(repeats, folder):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     p_rect = [[721.5377, 0, 609.5593, 44.85728], [0, 721.5377, 172.854, 0.2163791], [0, 0, 1, 0.002745884]]
     velo_r = [[0.0075, -1.0, -0.0006], [0.0148, 0.0007, -0.9999], [0.9999, 0.0075, 0.0148]]
-    write_calibration(folder, p_rect, np.eye(3), velo_r, [-0.004, -0.076, -0.272], KITTI_FRAME)
+    size = [KITTI_FRAME[1], KITTI_FRAME[0]]
+    write_calibration(Path(folder) / "calib_cam_to_cam.txt", {"S_rect_02": size, "R_rect_00": np.eye(3),
+                                                             "P_rect_02": p_rect})  # fmt: skip
+    write_calibration(Path(folder) / "calib_velo_to_cam.txt", {"R": velo_r, "T": [-0.004, -0.076, -0.272]})
     projection = camera_projection(folder, 2)
     scan = velodyne_scan()
     write_velodyne(Path(folder) / "scan.bin", scan)
@@ -660,7 +663,7 @@ def lidar_samples(depth_m, rows_apart=4, keep=0.6, seed=0):
 
 def case_fill_speed(size, method, repeats):
     """Seconds to fill one 1242x375 frame on one core, at full or half size."""
-    from fill_depth import fill_pair
+    from densedepth.fill import fill_pair
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -694,7 +697,7 @@ def fill_accuracy(rooms=6):
     on rendered rooms (320x240) sampled like a LiDAR, in the regions of fill_regions."""
     from scipy.interpolate import griddata
 
-    from fill_depth import fill_depth_colorization, fill_depth_linear
+    from densedepth.fill import fill_depth_colorization, fill_depth_linear
     from rendering.scenes import render_scene
 
     errors = {}

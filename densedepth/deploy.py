@@ -25,6 +25,8 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +224,7 @@ def calibration_pictures(source, count, input_size, uint8_input):
     """`count` pictures at the model's input size, (1, 3, H, W) arrays of the model's input type."""
     source = Path(source)
     if not source.exists():
-        raise UserError(f"--calibration {source} does not exist (render the sample data: python sample_data.py)")
+        raise UserError(f"--calibration {source} does not exist")
     if source.suffix.lower() == ".zip":
         rgb = next(EigenTestZip(source).batches(count))[0]
         pictures = [torch.from_numpy(picture).permute(2, 0, 1) for picture in rgb]
@@ -233,6 +235,11 @@ def calibration_pictures(source, count, input_size, uint8_input):
         if not files:
             raise UserError(f"--calibration {source} holds no pictures ({' '.join(RGB_SUFFIXES)})")
         pictures = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files[:count]]
+    return resized_pictures(pictures, input_size, uint8_input)
+
+
+def resized_pictures(pictures, input_size, uint8_input=True):
+    """(3, H, W) uint8 pictures at the model's input size, as (1, 3, h, w) arrays of its input type."""
     resized = [resize(picture[None].float(), input_size).round().clamp(0, 255) for picture in pictures]
     return [(picture.to(torch.uint8) if uint8_input else picture / 255).numpy() for picture in resized]
 
@@ -241,10 +248,24 @@ def calibration_pictures(source, count, input_size, uint8_input):
 
 INT8_MIN_AGREEMENT = 0.99  # share of pixels within 1.25x of fp32's depth (delta1 against fp32)
 INT8_CALIBRATION_COUNT = 8  # pictures (each with its mirror) that set the activations' ranges
+INT8_CHECK_COUNT = 4  # other pictures on which INT8's depth is compared with fp32's
+# 'auto' tries INT8 only for work that would take at least this long in its fp32/bf16 choice: quantising
+# and compiling take 3.5 to 6.5 minutes (docs/deployment.md), and at the 1.5x INT8 is hoped to gain over
+# bf16 that is paid back after about 10 to 20 minutes of work.
+INT8_MIN_WORK_SECONDS = 15 * 60
 CALIBRATION_HELP = (
-    "pictures int8 is calibrated on: an Eigen test zip, a folder of pictures (default %(default)s; give pictures "
-    "like yours)"
+    "pictures --precision int8 is calibrated on: an Eigen test zip or a folder of pictures like yours (default: "
+    "the first pictures of the work itself, --data's or --img's; its next few check INT8 against fp32)"
 )
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a run will predict, for the INT8 decision: how many pictures (or frames), and a function
+    giving the first few of them as (3, H, W) uint8 tensors."""
+
+    count: int
+    first_pictures: Callable
 
 
 class Int8DepthModel:
@@ -318,7 +339,7 @@ def seconds_per_batch(run, batch, repeats=2):
 
 
 def int8_not_tried(device):
-    """Why --precision auto does not try INT8 here (None: it does): it needs the CPU, torchao, and
+    """Why --precision auto does not try INT8 here (None: it may): it needs the CPU, torchao, and
     AMX-INT8, where oneDNN's INT8 kernels are expected to beat bf16; without AMX, INT8 measured
     slower than fp32 (docs/deployment.md)."""
     if device.type != "cpu":
@@ -330,49 +351,82 @@ def int8_not_tried(device):
     return None
 
 
-def choose_int8(model, dtype, precision, calibration, compile=True):
-    """(model, dtype) to predict with on the CPU, and one line saying why. --precision int8: the
-    model quantised (quantize_pt2e) and torch.int8. 'auto' (dtype: its choice among fp32 and bf16):
-    the same where int8_not_tried allows, INT8 runs faster than `dtype` on a calibration picture
-    and its mirror, and agrees with fp32 on INT8_MIN_AGREEMENT of the pixels; else unchanged."""
-    started = time.perf_counter()
-    int8_model = quantize_pt2e(model, calibration, compile)
-    batches = list(calibration_batches(calibration))
-    share = agreement(model, int8_model, batches[:4])
-    built = time.perf_counter() - started
-    if precision == "int8":
-        return (
-            int8_model,
-            torch.int8,
-            (
-                f"precision int8: quantised and compiled in {built:.0f} s; within 1.25x of fp32's depth on "
-                f"{share:.1%} of the calibration pixels"
-            ),
-        )
-    name = precision_name(dtype)
-    if share < INT8_MIN_AGREEMENT:  # too far off: no need to time it
-        return model, dtype, f"precision auto: {name}; INT8 agrees with fp32 on only {share:.1%} of the pixels"
+def too_little_work(model, dtype, work, input_size):
+    """Why the work is too small for 'auto' to try INT8 (None: it is not): less than
+    INT8_MIN_WORK_SECONDS at `dtype`, timed on its first picture (with its mirror)."""
+    first = work.first_pictures(1) if work is not None and work.count else []
+    if not first:
+        return "the pictures are not known in advance, so quantising (minutes) cannot be known to pay"
+    batch = next(calibration_batches(resized_pictures(first, input_size)))
     with autocast(torch.device("cpu"), dtype):
-        base_s = seconds_per_batch(model, batches[0])
-    int8_s = seconds_per_batch(int8_model, batches[0])
+        seconds = seconds_per_batch(model, batch, repeats=1) * work.count
+    if seconds >= INT8_MIN_WORK_SECONDS:
+        return None
+    return (f"{work.count} pictures take about {seconds / 60:.1f} min in {precision_name(dtype)}, too little to pay "
+            f"for quantising and compiling (3.5 to 6.5 min; tried from {INT8_MIN_WORK_SECONDS // 60} min of work)")
+
+
+def choose_int8(model, dtype, precision, calibration, check):
+    """(model, dtype) to predict with on the CPU, and one line saying why. --precision int8: the
+    model quantised (quantize_pt2e) on the `calibration` pictures, and torch.int8. 'auto' (dtype: its
+    choice among fp32 and bf16): the same where INT8 runs faster than `dtype` on a check picture and
+    its mirror, and agrees with fp32 on INT8_MIN_AGREEMENT of the `check` pictures' pixels (pictures
+    other than the calibration ones); else unchanged."""
+    started = time.perf_counter()
+    int8_model = quantize_pt2e(model, calibration)
+    built = time.perf_counter() - started
+    check_batches = list(calibration_batches(check))
+    share = agreement(model, int8_model, check_batches) if check_batches else None
+    agreed = (f"within 1.25x of fp32's depth on {share:.1%} of the pixels of {len(check)} pictures besides the "
+              "calibration ones" if share is not None else "not checked against fp32: no picture besides the "
+              "calibration ones")  # fmt: skip
+    if precision == "int8":
+        return int8_model, torch.int8, f"precision int8: quantised and compiled in {built:.0f} s; {agreed}"
+    name = precision_name(dtype)
+    if share is None or share < INT8_MIN_AGREEMENT:  # too far off (or not known): no need to time it
+        return model, dtype, f"precision auto: {name}; INT8 {agreed}"
+    with autocast(torch.device("cpu"), dtype):
+        base_s = seconds_per_batch(model, check_batches[0])
+    int8_s = seconds_per_batch(int8_model, check_batches[0])
     timing = f"INT8 {int8_s:.2f} s a picture and its mirror against {name}'s {base_s:.2f} s"
     if int8_s >= base_s:
         return model, dtype, f"precision auto: {name}; {timing}"
-    return int8_model, torch.int8, f"precision auto: int8; {timing}, within 1.25x of fp32 on {share:.1%} of the pixels"
+    return int8_model, torch.int8, f"precision auto: int8; {timing}, {agreed}"
 
 
-def prediction_model(model, dtype, input_size, precision, calibration, device):
-    """The model and dtype to predict with (evaluate.py, demo.py): --precision int8, and 'auto' where
-    INT8 may be the fastest (int8_not_tried), go through choose_int8, calibrated on the pictures of
-    `calibration` (a path); 'auto' prints what it picked and why, in one line."""
+def int8_pictures(input_size, calibration, work):
+    """(calibration, check) pictures for INT8, (1, 3, H, W) uint8 arrays at the model's input size:
+    --calibration's (else the work's first INT8_CALIBRATION_COUNT), and the work's next ones (up to
+    INT8_CHECK_COUNT) to compare with fp32, never the calibration ones themselves."""
+    own = work.first_pictures(INT8_CALIBRATION_COUNT + INT8_CHECK_COUNT) if work is not None else []
+    if calibration is not None:
+        chosen = calibration_pictures(calibration, INT8_CALIBRATION_COUNT, input_size, uint8_input=True)
+        others = [picture for picture in resized_pictures(own, input_size)
+                  if not any(np.array_equal(picture, calibrated) for calibrated in chosen)]  # fmt: skip
+        return chosen, others[:INT8_CHECK_COUNT]
+    if not own:
+        raise UserError("--precision int8 calibrates on pictures like yours: give --calibration (a folder of "
+                        "pictures or an Eigen test zip)")  # fmt: skip
+    count = min(INT8_CALIBRATION_COUNT, max(len(own) - INT8_CHECK_COUNT, (len(own) + 1) // 2))
+    return resized_pictures(own[:count], input_size), resized_pictures(own[count:], input_size)
+
+
+def prediction_model(model, dtype, input_size, precision, device, work=None, calibration=None):
+    """The model and dtype to predict with (evaluate.py, demo.py): --precision int8 goes through
+    choose_int8; so does 'auto' where INT8 may be the fastest (int8_not_tried) and the work pays for
+    quantising (too_little_work). `work`: what will be predicted (None: not known, as in the demo);
+    `calibration`: --calibration's path, else the work's own pictures calibrate. 'auto' prints what
+    it picked and why, in one line."""
     if not isinstance(model, torch.nn.Module):  # an exported .onnx: onnxruntime's own arithmetic
         return model, dtype
-    not_tried = int8_not_tried(device) if precision == "auto" else None
-    if precision == "int8" or (precision == "auto" and not_tried is None):
-        pictures = calibration_pictures(calibration, INT8_CALIBRATION_COUNT, input_size, uint8_input=True)
-        model, dtype, line = choose_int8(model, dtype, precision, pictures)
+    reason = int8_not_tried(device) if precision == "auto" else None
+    if precision == "auto" and reason is None:
+        reason = too_little_work(model, dtype, work, input_size)
+    if precision == "int8" or (precision == "auto" and reason is None):
+        calibration_set, check = int8_pictures(input_size, calibration, work)
+        model, dtype, line = choose_int8(model, dtype, precision, calibration_set, check)
         print(line)
     elif precision == "auto":
         print(f"precision auto: {precision_name(dtype)} ({auto_precision_reason(dtype, device)}); "
-              f"INT8 not tried: {not_tried}")  # fmt: skip
+              f"INT8 not tried: {reason}")  # fmt: skip
     return model, dtype

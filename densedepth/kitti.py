@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import DecodeError, PairDataset, decode_depth, decode_rgb, first_line_of_list
+from data import DecodeError, PairDataset, decode_depth, decode_rgb, hold_out
 from utils import UserError
 
 # KITTI's evaluation protocols (monodepth2, BTS, AdaBins) count ground truth with 1e-3 < d < 80 m.
@@ -64,12 +64,11 @@ class KittiFrame:
 # ----------------------------------------------------------------------------- split lists
 
 
-def list_kind(path):
-    """'bts' or 'monodepth2' if the file's first line has that list's shape, else None."""
-    first = first_line_of_list(path)
-    if _BTS_LINE.match(first):
+def kitti_list_shape(line):
+    """'bts' or 'monodepth2' if a list line (fields joined by single spaces) has that list's shape, else None."""
+    if _BTS_LINE.match(line):
         return "bts"
-    if _MONODEPTH2_LINE.match(first):
+    if _MONODEPTH2_LINE.match(line):
         return "monodepth2"
     return None
 
@@ -201,23 +200,14 @@ def velodyne_depth_m(points, projection, depth="velodyne"):
     return np.maximum(depth_m, 0).reshape(height, width).astype(np.float32)
 
 
-def write_calibration(date_dir, p_rect_02, r_rect_00, velo_r, velo_t, size):
-    """Write DATE/calib_cam_to_cam.txt and calib_velo_to_cam.txt in KITTI's text format (camera 2 only,
-    camera 3 a copy): P_rect_02 (3x4), R_rect_00 (3x3), the Velodyne's R (3x3) and T (3), size (H, W)."""
-
-    def numbers(array):
-        return " ".join(f"{value:.12e}" for value in np.asarray(array, dtype=np.float64).ravel())
-
-    date_dir = Path(date_dir)
-    date_dir.mkdir(parents=True, exist_ok=True)
-    height, width = size
-    cameras = ["calib_time: 09-Jan-2012 13:57:47", f"R_rect_00: {numbers(r_rect_00)}"]
-    for camera in (2, 3):
-        cameras += [f"S_rect_0{camera}: {width:.6e} {height:.6e}", f"P_rect_0{camera}: {numbers(p_rect_02)}"]
-    (date_dir / "calib_cam_to_cam.txt").write_text("\n".join(cameras) + "\n")
-    velodyne = ["calib_time: 15-Mar-2012 11:37:16", f"R: {numbers(velo_r)}", f"T: {numbers(velo_t)}",
-                "delta_f: 0.000000e+00 0.000000e+00", "delta_c: 0.000000e+00 0.000000e+00"]  # fmt: skip
-    (date_dir / "calib_velo_to_cam.txt").write_text("\n".join(velodyne) + "\n")
+def write_calibration(path, values, calib_time="09-Jan-2012 13:57:47"):
+    """Write a KITTI calibration file: `calib_time: ...`, then a `key: numbers` line for each of
+    `values` ({key: array}), numbers as KITTI writes them (%e)."""
+    lines = [f"calib_time: {calib_time}"]
+    lines += [f"{key}: " + " ".join(f"{v:e}" for v in np.asarray(array, dtype=np.float64).ravel())
+              for key, array in values.items()]  # fmt: skip
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def write_velodyne(path, points):
@@ -254,14 +244,13 @@ class KittiDataset(PairDataset):
         self.num_listed = len(listed)
         self.source = "annotated" if self.annotated else "velodyne"
         self.drive_roots = self._find_drives(listed)
-        frames = [(frame, self._depth_file(frame)) for frame in listed]
-        kept = [(frame, depth) for frame, depth in frames if depth is not None]
-        self.num_without_gt = len(frames) - len(kept)
+        # Only the list's own None means "no ground truth"; a file it names that is not there is an error.
+        kept = [frame for frame in listed if self.source == "velodyne" or not frame.no_depth]
+        self.num_without_gt = len(listed) - len(kept)
         if not kept:
-            raise UserError(f"{flag} {list_path}: none of its {len(listed)} frames has ground truth under "
-                            f"{self.annotated or self.raw}")  # fmt: skip
-        self.frames = [frame for frame, _ in kept]
-        self.depth_files = [depth for _, depth in kept]
+            raise UserError(f"{flag} {list_path}: none of its {len(listed)} frames has ground truth (each is None)")
+        self.frames = kept
+        self.depth_files = self._ground_truth_files(kept)
         self.images = [self._image_file(frame) for frame in self.frames]
         self.pairs = [(str(image), str(depth)) for image, depth in zip(self.images, self.depth_files)]
         if self.source == "velodyne":
@@ -288,20 +277,37 @@ class KittiDataset(PairDataset):
                             f"{self.list_path} (looked for {drives[0]} in it, in train/ and in val/)")  # fmt: skip
         return roots
 
+    def _ground_truth_files(self, frames):
+        """The ground truth's file of each frame (the annotated PNG, or the Velodyne scan); stops naming
+        the first that is not there and how many are missing."""
+        paths = [self._depth_file(frame) for frame in frames]
+        missing = [path for path in paths if not path.is_file()]
+        if not missing:
+            return paths
+        if self.source == "velodyne":
+            raise UserError(f"Velodyne scan {missing[0]} does not exist (listed in {self.list_path}; "
+                            f"{len(missing)} of its {len(paths)} scans are missing)")  # fmt: skip
+        hint = ("; monodepth2's eigen list names frames the benchmark did not annotate: use its eigen_benchmark "
+                "list with --kitti_depth, or leave --kitti_depth out to score on the Velodyne"
+                if frames[0].depth_name == "" else "")  # fmt: skip
+        raise UserError(
+            f"{len(missing)} of the {len(paths)} ground-truth files of {self.list_path} are not under --kitti_depth "
+            f"{self.annotated} (nor its train/ or val/), the first: {missing[0]}; data_depth_annotated has both "
+            f"train/ and val/ (BTS merges them){hint}"
+        )
+
     def _depth_file(self, frame):
-        """The ground truth's file of a frame: the annotated PNG (None if there is none), or the Velodyne scan."""
+        """Where the ground truth of a frame is: the annotated PNG, or the Velodyne scan."""
         if self.annotated is None:
-            path = self.raw / frame.date / frame.drive / "velodyne_points" / "data" / f"{frame.frame:010d}.bin"
-            if not path.is_file():
-                raise UserError(f"Velodyne scan {path} does not exist (listed in {self.list_path})")
-            return path
-        if frame.no_depth:
-            return None
+            return self.raw / frame.date / frame.drive / "velodyne_points" / "data" / f"{frame.frame:010d}.bin"
         relative = frame.depth_name or (
             f"{frame.drive}/proj_depth/groundtruth/image_0{frame.camera}/{frame.frame:010d}.png"
         )
-        root = self.drive_roots.get(relative.split("/")[0])
-        return root / relative if root is not None and (root / relative).is_file() else None
+        return self.drive_roots.get(relative.split("/")[0], self.annotated) / relative
+
+    def describe_without_gt(self):
+        """'45 of its 697 frames have no ground truth (None in the list)', for the screen."""
+        return f"{self.num_without_gt} of its {self.num_listed} frames have no ground truth (None in the list)"
 
     def _image_file(self, frame):
         stem = self.raw / frame.name
@@ -375,15 +381,9 @@ def add_kitti_arguments(group):
     group.add_argument(
         "--velodyne_depth",
         choices=VELODYNE_DEPTHS,
-        default="velodyne",
-        help="depth a projected Velodyne point writes: the scanner's forward distance x (default, the legacy "
-        "convention of the Eigen split's ground truth, monodepth2's) or the camera's z",
+        help="depth a projected Velodyne point writes: the scanner's forward distance x (velodyne, the default: "
+        "the legacy convention of the Eigen split's ground truth, monodepth2's) or the camera's z",
     )
-
-
-def is_kitti_list(path):
-    """Whether `path` is a KITTI split list (BTS's or monodepth2's)."""
-    return list_kind(path) is not None
 
 
 def open_kitti_sets(list_path, val_list, kitti_raw, kitti_depth, velodyne_depth, held_out_every):
@@ -391,13 +391,10 @@ def open_kitti_sets(list_path, val_list, kitti_raw, kitti_depth, velodyne_depth,
     val_list (a KITTI list too), or else on every held_out_every-th of its frames."""
     train_set = KittiDataset(list_path, kitti_raw, kitti_depth, True, velodyne_depth, "--data_dir")
     if val_list is not None:
-        if not is_kitti_list(val_list):
-            raise UserError(f"--val_data {val_list} is not a KITTI split list; with --data_dir a KITTI list, "
-                            "validate on one too (BTS's or monodepth2's .txt)")  # fmt: skip
         return train_set, KittiDataset(val_list, kitti_raw, kitti_depth, False, velodyne_depth, "--val_data")
     if len(train_set) < 2:
         raise UserError(f"--data_dir {list_path} has {len(train_set)} frame with ground truth; give --val_data")
-    held_out = set(range(held_out_every - 1, len(train_set), held_out_every)) or {len(train_set) - 1}
-    val_set = train_set.subset(sorted(held_out))
+    kept, held = hold_out(range(len(train_set)), held_out_every)
+    val_set = train_set.subset(held)
     val_set.augment = False
-    return train_set.subset([i for i in range(len(train_set)) if i not in held_out]), val_set
+    return train_set.subset(kept), val_set

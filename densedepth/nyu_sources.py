@@ -14,13 +14,14 @@ BTS's lists               nyudepthv2_train_files_with_gt.txt (24,231 lines of th
                           --data_root, depth 16-bit PNGs in millimetres, the focal length third.
 """
 
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data import NYU_SIZE, DecodeError, DirectoryArchive, NYUDepthDataset, PairDataset, first_line_of_list
+from data import NYU_SIZE, DecodeError, DirectoryArchive, NYUDepthDataset, PairDataset, hold_out
 from utils import HDF5_SIGNATURE, UserError
 
 GROUND_TRUTHS = ("filled", "raw")  # the labeled .mat's depths (colorization-filled) or rawDepths
@@ -40,11 +41,6 @@ def is_hdf5(path):
     return head[:8] == HDF5_SIGNATURE or head[512:520] == HDF5_SIGNATURE
 
 
-def is_labeled_mat(path):
-    """Whether `path` names a .mat file (the labeled dataset is one; what kind is checked on opening)."""
-    return Path(path).suffix.lower() == ".mat"
-
-
 class LabeledMat:
     """NYU's labeled dataset, read picture by picture with h5py, never the whole file. The file is
     opened lazily in each process (a DataLoader worker opens its own handle; h5py handles do not
@@ -59,8 +55,14 @@ class LabeledMat:
                 f"{flag} {self.path} is not a MATLAB v7.3 (HDF5) file: the labeled dataset "
                 "nyu_depth_v2_labeled.mat is one (a MATLAB v5 file such as splits.mat goes to --splits)"
             )
-        self._file = None
-        arrays = self._open()
+        self._file, self._pid = None, None
+        import h5py  # a core requirement; imported here so the rest of the project loads without it
+
+        with h5py.File(self.path, "r") as arrays:  # checked, then closed: each process opens its own
+            self.count, self.has_raw = self._check(arrays, flag)
+
+    def _check(self, arrays, flag):
+        """(pictures, whether rawDepths is there) of an open file, checked to be NYU's labeled dataset."""
         missing = [name for name in ("images", "depths") if name not in arrays]
         if missing:
             raise UserError(
@@ -71,18 +73,18 @@ class LabeledMat:
         for name, wanted in (("images", (count, 3, NYU_SIZE[1], NYU_SIZE[0])), ("depths", (count, *NYU_SIZE[::-1]))):
             if arrays[name].shape != wanted:
                 raise UserError(f"{self.path}: {name} is {arrays[name].shape}; expected {wanted} (MATLAB's layout)")
-        self.count = count
-        self.has_raw = "rawDepths" in arrays
+        return count, "rawDepths" in arrays
 
     def _open(self):
-        if self._file is None:
-            import h5py  # a core requirement; imported here so the rest of the project loads without it
+        """This process's handle on the file, opened on first use here (a forked worker opens its own)."""
+        if self._file is None or self._pid != os.getpid():
+            import h5py
 
-            self._file = h5py.File(self.path, "r")
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._file
 
     def __getstate__(self):
-        return {**self.__dict__, "_file": None}  # each process opens its own handle
+        return {**self.__dict__, "_file": None, "_pid": None}  # each process opens its own handle
 
     def picture(self, index):
         """Picture `index` (0-based) as a (480, 640, 3) uint8 array, upright."""
@@ -178,10 +180,9 @@ class LabeledDataset(PairDataset):
 # ----------------------------------------------------------------------------- BTS's lists
 
 
-def is_bts_nyu_list(path):
-    """Whether `path` is one of BTS's NYU lists (a .txt whose first line is 'rgb depth focal')."""
-    first = first_line_of_list(path)
-    return bool(BTS_NYU_LINE.match(first)) and "/image_0" not in first
+def is_bts_nyu_line(line):
+    """Whether a list line (fields joined by single spaces) is one of BTS's NYU lists': 'rgb depth focal'."""
+    return bool(BTS_NYU_LINE.match(line))
 
 
 def read_bts_nyu_list(path, data_root, flag):
@@ -212,26 +213,25 @@ def read_bts_nyu_list(path, data_root, flag):
     return pairs, focals
 
 
-def open_nyu_source_sets(data_dir, val_data, splits, ground_truth, data_root, val_data_root, held_out_every):
-    """(training set, validation set) of the labeled .mat (trainNdxs, validated on testNdxs) or of BTS's
-    training list (validated on val_data, a BTS list under val_data_root, or on every held_out_every-th pair)."""
-    if is_labeled_mat(data_dir):
-        if splits is None:
-            raise UserError(f"--data_dir {data_dir} is a .mat: give --splits splits.mat (trainNdxs train, testNdxs "
-                            "validate)")  # fmt: skip
-        mat = LabeledMat(data_dir, "--data_dir")
-        train_indices, test_indices = read_splits(splits, mat.count)
-        return LabeledDataset(mat, train_indices, ground_truth, True), LabeledDataset(mat, test_indices, ground_truth)
+def open_labeled_sets(data_dir, splits, ground_truth):
+    """(training set, validation set) of the labeled .mat: its trainNdxs train, its testNdxs validate."""
+    if splits is None:
+        raise UserError(f"--data_dir {data_dir} is a .mat: give --splits splits.mat (trainNdxs train, testNdxs "
+                        "validate)")  # fmt: skip
+    mat = LabeledMat(data_dir, "--data_dir")
+    train_indices, test_indices = read_splits(splits, mat.count)
+    return LabeledDataset(mat, train_indices, ground_truth, True), LabeledDataset(mat, test_indices, ground_truth)
+
+
+def open_bts_sets(data_dir, val_data, data_root, val_data_root, held_out_every):
+    """(training set, validation set) of BTS's training list: validated on val_data (a BTS list under
+    val_data_root, else data_root), or on every held_out_every-th pair."""
     pairs, _ = read_bts_nyu_list(data_dir, data_root, "--data_dir")
     if val_data is not None:
-        if not is_bts_nyu_list(val_data):
-            raise UserError(f"--val_data {val_data} is not one of BTS's NYU lists; with --data_dir one, validate on "
-                            "one too (nyudepthv2_test_files_with_gt.txt, with --val_data_root)")  # fmt: skip
         root = val_data_root or data_root
         val_pairs, _ = read_bts_nyu_list(val_data, root, "--val_data")
-        val_set = NYUDepthDataset(DirectoryArchive(root), val_pairs, False, BTS_DEPTH_SCALE)
     else:
-        val_pairs = pairs[held_out_every - 1 :: held_out_every] or pairs[-1:]
-        pairs = [pair for pair in pairs if pair not in set(val_pairs)]
-        val_set = NYUDepthDataset(DirectoryArchive(data_root), val_pairs, False, BTS_DEPTH_SCALE)
+        root = data_root
+        pairs, val_pairs = hold_out(pairs, held_out_every)
+    val_set = NYUDepthDataset(DirectoryArchive(root), val_pairs, False, BTS_DEPTH_SCALE)
     return NYUDepthDataset(DirectoryArchive(data_root), pairs, True, BTS_DEPTH_SCALE), val_set

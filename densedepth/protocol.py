@@ -137,7 +137,8 @@ def evaluate_protocol(
 ):  # fmt: skip
     """Run the evaluation protocol over (images (B, 3, H, W) uint8 or in [0, 1], depth_m (B, 1, H, W))
     batches, streaming the cropped predictions and ground truth into `metrics` (a DepthMetrics, with
-    its bounds on the ground truth; a bare one if None), which it returns.
+    its bounds on the ground truth; a bare one if None), which it returns. A batch may come with a
+    third item, the crop box of its own pictures (KITTI's benchmark crop), in place of crop_box.
 
     The network runs under autocast to `dtype` at network_size(picture, input_size), clipped to the
     model's depth range; the metrics are computed in fp32, so memory does not grow with the number
@@ -149,12 +150,13 @@ def evaluate_protocol(
     metrics = DepthMetrics() if metrics is None else metrics
     model.eval()
     with torch.inference_mode():
-        for images, depth_m in tqdm(batches, unit="batch", leave=False, **{"desc": "evaluating", **(bar or {})}):
+        for images, depth_m, *own_box in tqdm(batches, unit="batch", leave=False,
+                                              **{"desc": "evaluating", **(bar or {})}):  # fmt: skip
             images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
             with autocast(device, dtype):
                 size = network_size(images.shape[-2:], input_size)
                 pred_m = predict_depth_m(model, images, size, depth_m.shape[-2:], flip, depth_range=depth_range)
-            box = resolve_crop(crop_box, *depth_m.shape[-2:])
+            box = own_box[0] if own_box and own_box[0] is not None else resolve_crop(crop_box, *depth_m.shape[-2:])
             metrics.update(crop(pred_m, box), crop(depth_m, box))
     return metrics
 

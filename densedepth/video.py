@@ -94,6 +94,33 @@ def require_av():
     _av()
 
 
+def video_frame_count(path):
+    """How many frames a video holds: its container's count, else its length times its frame rate."""
+    container, stream = open_video(path)
+    with container:
+        if stream.frames:
+            return stream.frames
+        rate = float(stream.average_rate or stream.base_rate or 30)
+    return round(video_seconds(path) * rate)
+
+
+def first_frames(path, count):
+    """The first `count` frames of a video as (3, H, W) uint8 tensors (fewer if it is shorter)."""
+    frames = []
+    if count <= 0:
+        return frames
+    container, stream = open_video(path)
+    with container:
+        try:
+            for frame in container.decode(stream):
+                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
+                if len(frames) == count:
+                    break
+        except _av().FFmpegError as err:
+            raise UserError(f"--img {path}: a frame could not be decoded ({err})") from err
+    return frames
+
+
 def video_seconds(path):
     """The length of a video in seconds (0 if its container does not say)."""
     container, stream = open_video(path)
@@ -103,16 +130,20 @@ def video_seconds(path):
         return (container.duration or 0) / 1e6
 
 
+class DecodeFailed(Exception):
+    """The decoder thread could not go on; its message says why."""
+
+
 def _decode(path, container, stream, frames, stop):
-    """The decoder thread: RGB frames (H, W, 3) uint8 into `frames`, then _END (or the error)."""
-    av = _av()
+    """The decoder thread: RGB frames (H, W, 3) uint8 into `frames`, then _END; whatever stops it
+    early (FFmpeg's errors, and anything else) goes into the queue first as a DecodeFailed."""
     try:
         for frame in container.decode(stream):
             if stop.is_set():
                 break
             frames.put(frame.to_ndarray(format="rgb24"))
-    except (av.FFmpegError, ValueError) as err:
-        frames.put(UserError(f"--img {path}: a frame could not be decoded ({err})"))
+    except Exception as err:  # noqa: BLE001 (a thread boundary: the caller's thread reports it)
+        frames.put(DecodeFailed(f"a frame could not be decoded ({type(err).__name__}: {err})"))
     finally:
         frames.put(_END)
 
@@ -195,9 +226,20 @@ def depth_of_video(model, path, out_path, input_size, device, dtype, options, fr
     """Write the depth video of `path` to out_path (and frame files into frames_dir): a VideoReport.
 
     The network sees batches of options.batch_size frames, at the size depth_of_pictures gives a
-    picture of the video's size; the colour scale is options.depth_range_m for every frame.
+    picture of the video's size; the colour scale is options.depth_range_m for every frame. If the
+    video cannot be decoded to its end, or the run is interrupted, the frames done so far are kept
+    as NAME.partial.mp4 and the error (or Stopped) says so; the threads are joined and the video
+    closed on every path.
     """
     container, stream = open_video(path)
+    try:
+        return _depth_of_open_video(model, path, container, stream, out_path, input_size, device, dtype, options,
+                                    frames_dir)  # fmt: skip
+    finally:
+        container.close()
+
+
+def _depth_of_open_video(model, path, container, stream, out_path, input_size, device, dtype, options, frames_dir):
     rate = stream.average_rate or stream.base_rate or 30
     size = (stream.codec_context.height, stream.codec_context.width)
     if options.side_by_side:
@@ -211,9 +253,8 @@ def depth_of_video(model, path, out_path, input_size, device, dtype, options, fr
     encoder = threading.Thread(target=_encode, args=(writer, results, errors), daemon=True)
     decoder.start()
     encoder.start()
-    total = stream.frames or None
-    bar = tqdm(total=total, unit="frame", desc=Path(path).name, leave=False)
-    started, network_seconds, complete = time.perf_counter(), 0.0, False
+    bar = tqdm(total=stream.frames or None, unit="frame", desc=Path(path).name, leave=False)
+    started, network_seconds, ended_by = time.perf_counter(), 0.0, None
     try:
         for batch in _batches(frames, options.batch_size):
             ticked = time.perf_counter()
@@ -224,42 +265,50 @@ def depth_of_video(model, path, out_path, input_size, device, dtype, options, fr
             bar.update(len(batch))
             if errors:
                 break
-        complete = not errors
     except KeyboardInterrupt:
-        pass
+        ended_by = "interrupted"
+    except DecodeFailed as err:
+        ended_by = f"--img {path}: {err}"
     except BaseException:
-        stop.set()
-        _drain(frames)
-        results.put(_END)
-        encoder.join()
+        _finish_threads(stop, frames, results, decoder, encoder)
         writer.discard()
         raise
     finally:
         bar.close()
-    stop.set()
-    _drain(frames)
-    results.put(_END)
-    encoder.join()
-    decoder.join(timeout=5)
-    container.close()
+    _finish_threads(stop, frames, results, decoder, encoder)
     if errors:
         writer.discard()
         raise UserError(f"{out_path} could not be written ({errors[0]})")
-    written = writer.close(complete)
-    if written is None and complete:
+    written = writer.close(complete=ended_by is None)
+    if written is None and ended_by is None:
         raise UserError(f"--img {path} has no video frames")
-    report = VideoReport(written, writer.count, time.perf_counter() - started, network_seconds, not complete)
-    if not complete:
-        where = f"the {writer.count} frames done so far are in {written}" if written else "no frame was done"
-        raise Stopped(f"interrupted: {where}", 130)
+    report = VideoReport(written, writer.count, time.perf_counter() - started, network_seconds, ended_by is not None)
+    if ended_by is not None:
+        done = f"the {writer.count} frames done so far are in {written}" if written else "no frame was done"
+        if ended_by == "interrupted":
+            raise Stopped(f"interrupted: {done}", 130)
+        raise UserError(f"{ended_by}; {done}")
     return report
 
 
+def _finish_threads(stop, frames, results, decoder, encoder):
+    """Stop the decoder and let the encoder write what it was given; both threads joined."""
+    stop.set()
+    results.put(_END)
+    while decoder.is_alive():  # a decoder blocked on a full queue sees the stop once there is room
+        _drain(frames)
+        decoder.join(timeout=0.05)
+    encoder.join()
+
+
 def _batches(frames, batch_size):
-    """Lists of up to batch_size frames from the decoder's queue; its error is raised here."""
+    """Lists of up to batch_size frames from the decoder's queue; its DecodeFailed is raised here, after
+    the frames before it."""
     batch = []
     while (item := frames.get()) is not _END:
-        if isinstance(item, Exception):
+        if isinstance(item, DecodeFailed):
+            if batch:
+                yield batch
             raise item
         batch.append(item)
         if len(batch) == batch_size:

@@ -98,7 +98,7 @@ def test_training_data_that_is_not_there_or_not_a_zip(tiny_zips, tmp_path, capsy
     without_csv = rewrite_zip(train_zip, tmp_path / "no_csv.zip", drop=[TRAIN_CSV])
     cases = [
         (tmp_path / "nowhere.zip", "--data_dir", "nowhere.zip does not exist"),
-        (tmp_path / "notes.txt", "notes.txt is not a zip file"),
+        (tmp_path / "notes.txt", "notes.txt is a .txt whose first line 'not a zip' is neither a KITTI split list's"),
         (truncated, "truncated.zip is not a zip file, or is truncated"),
         (damaged, "damaged.zip is a damaged zip file"),
         (without_csv, f"no_csv.zip has no {TRAIN_CSV}"),

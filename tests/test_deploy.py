@@ -130,12 +130,14 @@ def test_torch_hub_gives_the_model_with_its_settings(tiny_checkpoint):
     assert depth_m.shape == (1, 1, 50, 70) and 0.1 <= depth_m.min() and depth_m.max() <= 10
 
 
-def test_deployment_bad_input(exported, tiny_checkpoint, tmp_path, capsys):
+def test_deployment_bad_input(exported, tiny_checkpoint, tiny_zips, tmp_path, capsys):
     argv = ["--model", tiny_checkpoint, "--format", "torchscript", "--output", tmp_path / "m.pt", "--int8"]
     assert_one_clear_line(run_script(export, argv, capsys), "--int8 quantises an ONNX model")
+    argv = ["--model", tiny_checkpoint, "--format", "onnx", "--output", tmp_path / "m.onnx", "--int8"]
+    assert_one_clear_line(run_script(export, argv, capsys), "--int8 calibrates on pictures like", "give --calibration")
     bogus = tmp_path / "bogus.onnx"
     bogus.write_text("not a model")
     argv = ["--model", bogus, "--img", exported[0] / "missing.png", "--output_dir", tmp_path]
     assert_one_clear_line(run_script(evaluate, argv, capsys), "missing.png does not exist")
-    argv = ["--model", bogus, "--data", tmp_path / "x.zip", "--output_dir", tmp_path]
+    argv = ["--model", bogus, "--data", tiny_zips[1], "--output_dir", tmp_path]
     assert_one_clear_line(run_script(evaluate, argv, capsys), "bogus.onnx could not be loaded by onnxruntime")

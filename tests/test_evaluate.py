@@ -9,6 +9,7 @@ from helpers import run_script
 from PIL import Image
 
 import evaluate
+from data import EigenTestZip
 from densedepth.protocol import predict_depth_m
 from evaluate import find_pictures, load_picture, network_size, same_size_batches
 from utils import UserError, load_checkpoint
@@ -227,7 +228,7 @@ def test_evaluation_saves_examples_and_a_markdown_table(tiny_checkpoint, tiny_zi
     for kind in ("input", "gt", "pred", "error"):
         tile = Image.open(examples / f"0002_{kind}.png")
         assert (tile.mode, tile.size) == ("RGB", (64, 48))
-    test_rgb = next(evaluate.EigenTestZip(tiny_zips[1]).batches(4))[0]
+    test_rgb = next(EigenTestZip(tiny_zips[1]).batches(4))[0]
     assert np.array_equal(np.asarray(Image.open(examples / "0002_input.png")), test_rgb[2])
     panel = Image.open(examples / "0002.png")
     assert panel.size[0] > 4 * 64

@@ -1,6 +1,7 @@
 """--precision int8: a model quantised by PT2E (torchao) predicts within the accuracy bound; 'auto'
-picks INT8 only where it is faster and agrees with fp32, and says why in one line; a machine
-without torchao or AMX falls back with one line.
+picks INT8 only where it is faster and agrees with fp32 on pictures other than the calibration ones,
+tries it only for work that pays for minutes of quantising, and says why in one line; a machine
+without torchao or AMX falls back with one line; no default calibration file.
 
 Inductor's compile of DenseNet-169 takes minutes on 2 cores, so the quantised graph runs here as
 converted (the same INT8 arithmetic, uncompiled); bench/benchmark.py --deploy times it compiled."""
@@ -8,6 +9,7 @@ converted (the same INT8 arithmetic, uncompiled); bench/benchmark.py --deploy ti
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_one_clear_line, run_script
@@ -53,7 +55,7 @@ class FakeQuantised(deploy.Int8DepthModel):
     [
         (0.1, 1.0, torch.int8, "precision auto: int8; INT8 0.10 s"),
         (0.3, 1.0, torch.float32, "precision auto: fp32; INT8 0.30 s a picture and its mirror against fp32's 0.20 s"),
-        (0.1, 2.0, torch.float32, "precision auto: fp32; INT8 agrees with fp32 on only 0.0% of the pixels"),
+        (0.1, 2.0, torch.float32, "precision auto: fp32; INT8 within 1.25x of fp32's depth on 0.0% of the pixels"),
     ],
 )
 def test_auto_picks_int8_only_when_faster_and_close(monkeypatch, int8_s, scale, picked, words):
@@ -67,7 +69,8 @@ def test_auto_picks_int8_only_when_faster_and_close(monkeypatch, int8_s, scale, 
         deploy, "seconds_per_batch", lambda run, batch: int8_s if isinstance(run, deploy.Int8DepthModel) else 0.2
     )
     calibration = [torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8).numpy()]
-    chosen, dtype, line = deploy.choose_int8(model, torch.float32, "auto", calibration)
+    check = [torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8).numpy()]
+    chosen, dtype, line = deploy.choose_int8(model, torch.float32, "auto", calibration, check)
     assert dtype == picked and (chosen is model) == (picked == torch.float32)
     assert line.startswith(words) and "\n" not in line
 
@@ -101,3 +104,50 @@ def test_int8_without_torchao_or_on_a_gpu_is_one_line(monkeypatch, tiny_checkpoi
     )
     with pytest.raises(deploy.UserError, match="--precision int8 runs on the CPU"):
         utils.choose_precision("int8", torch.device("cuda"))
+
+
+def amx_machine(monkeypatch):
+    """As on a Xeon with AMX and torchao installed: 'auto' may try INT8."""
+    monkeypatch.setattr(deploy, "cpu_has_amx_int8", lambda: True)
+    monkeypatch.setattr(deploy.importlib.util, "find_spec", lambda name: object())
+
+
+def test_auto_does_not_quantise_for_small_work(monkeypatch, tiny_checkpoint, tiny_zips, tmp_path, capsys):
+    """Quantising and compiling take minutes: 'auto' on 4 pictures must not pay them (nor at the demo's start)."""
+    amx_machine(monkeypatch)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("quantised for small work")
+
+    monkeypatch.setattr(deploy, "quantize_pt2e", refuse)
+    argv = ["--model", tiny_checkpoint, "--data", tiny_zips[1], "--output_dir", tmp_path, "--precision", "auto"]
+    status, out, err = run_script(evaluate, argv, capsys)
+    assert status == 0, err
+    assert "INT8 not tried: 4 pictures take about 0.0 min in " in out and "too little to pay for quantising" in out
+    model = DenseDepth(0.0625).eval()
+    cpu = torch.device("cpu")
+    deploy.prediction_model(model, torch.float32, (64, 64), "auto", cpu, work=None)  # the demo: work unknown
+    assert "INT8 not tried: the pictures are not known in advance" in capsys.readouterr().out
+
+
+def test_auto_calibrates_on_the_work_and_checks_on_other_pictures(monkeypatch, tiny_checkpoint, tiny_zips, tmp_path,
+                                                                 capsys):  # fmt: skip
+    """Work large enough: INT8 is tried, calibrated on the first pictures of --data (no default file that only
+    the quick start makes) and compared with fp32 on the next ones, never the same pictures."""
+    amx_machine(monkeypatch)
+    monkeypatch.setattr(deploy, "INT8_MIN_WORK_SECONDS", 0)
+    seen = {}
+
+    def record(model, dtype, precision, calibration, check):
+        seen.update(calibration=calibration, check=check)
+        return model, dtype, "precision auto: fp32; recorded"
+
+    monkeypatch.setattr(deploy, "choose_int8", record)
+    monkeypatch.chdir(tmp_path)  # no data/sample/ here
+    argv = ["--model", tiny_checkpoint, "--data", tiny_zips[1], "--output_dir", tmp_path, "--precision", "auto"]
+    status, out, err = run_script(evaluate, argv, capsys)
+    assert status == 0, err
+    assert "recorded" in out and len(seen["calibration"]) == 2 and len(seen["check"]) == 2
+    for checked in seen["check"]:
+        assert not any(np.array_equal(checked, calibrated) for calibrated in seen["calibration"])
+    assert evaluate.get_args_parser().parse_args(["--model", "m.pth", "--img", "a.png"]).calibration is None

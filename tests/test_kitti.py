@@ -1,34 +1,38 @@
 """KITTI from its own files: the split lists of BTS and monodepth2, the raw drives with their
-calibration and Velodyne scans, the annotated depth; the projected ground truth pixel by pixel,
-the counts, the protocol's metrics against an independent computation, training, and bad input."""
+calibration and Velodyne scans, the annotated depth; the projected ground truth pixel by pixel against
+the raw data devkit's equations (both colour cameras), the counts, the protocol's metrics against an
+independent computation, training, and bad input."""
 
 import json
 import math
-from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 from helpers import assert_one_clear_line, run_script
-from kitti_tree import DATE, DRIVES, KITTI_SIZE, P_RECT_02, R_RECT_00, VELO_R, VELO_T, write_kitti_tree
+from kitti_tree import (
+    DATE,
+    DRIVES,
+    KITTI_SIZE,
+    RIGHT_CAMERA_FRAME,
+    WITHOUT_ANNOTATION,
+    devkit_matrix,
+    points_landing_at,
+    reference_depth_map,
+    write_calibration_files,
+    write_kitti_tree,
+)
 from PIL import Image
 
 import evaluate
 import train
 from densedepth.depth import KITTI_DEPTH_RANGE
-from densedepth.kitti import (
-    KittiDataset,
-    camera_projection,
-    list_kind,
-    read_split_list,
-    read_velodyne,
-    velodyne_depth_m,
-    write_calibration,
-)
+from densedepth.kitti import KittiDataset, camera_projection, read_split_list, read_velodyne, velodyne_depth_m
 from densedepth.protocol import crop_box, kb_crop_box
+from densedepth.sources import KITTI_LIST, data_kind
 from model import DenseDepth, settings_config
 
-NUM_FRAMES = sum(len(frames) for frames in DRIVES.values())
+NUM_FRAMES = sum(len(frames) for frames in DRIVES.values()) + 1  # and the right picture of one frame
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +61,20 @@ def kitti_train_argv(tree, out, *extra):
     return [str(arg) for arg in argv]
 
 
+def frame_key(frame):
+    return (frame.drive, frame.frame, frame.camera)
+
+
 # ----------------------------------------------------------------------------- lists
 
 
 def test_both_list_shapes_are_recognised_and_read(tree):
-    assert list_kind(tree["bts"]) == "bts" and list_kind(tree["monodepth2"]) == "monodepth2"
+    assert data_kind(tree["bts"]) == data_kind(tree["monodepth2"]) == KITTI_LIST
     bts, monodepth2 = read_split_list(tree["bts"], "--data"), read_split_list(tree["monodepth2"], "--data")
-    assert [(f.drive, f.frame, f.camera) for f in bts] == [(f.drive, f.frame, f.camera) for f in monodepth2]
+    assert [frame_key(f) for f in bts] == [frame_key(f) for f in monodepth2]
     assert len(bts) == NUM_FRAMES and sum(f.no_depth for f in bts) == 1
     assert bts[0].name == f"{DATE}/{DATE}_drive_0001_sync/image_02/data/0000000000"
+    assert [frame.camera for frame in bts].count(3) == 1
 
 
 def test_a_right_camera_line_and_an_unpadded_frame(tmp_path):
@@ -75,66 +84,66 @@ def test_a_right_camera_line_and_an_unpadded_frame(tmp_path):
     assert (frame.frame, frame.camera) == (69, 3) and frame.name.endswith("image_03/data/0000000069")
 
 
+def test_a_tab_separated_list_is_recognised(tree, tmp_path):
+    tabbed = tmp_path / "test_files.txt"
+    tabbed.write_text(tree["monodepth2"].read_text().replace(" ", "\t"))
+    assert data_kind(tabbed) == KITTI_LIST
+    assert [frame_key(f) for f in read_split_list(tabbed, "--data")] == [
+        frame_key(f) for f in read_split_list(tree["monodepth2"], "--data")
+    ]
+
+
 # ----------------------------------------------------------------------------- the Velodyne's ground truth
 
 
-def test_projected_ground_truth_lands_on_the_pixels_chosen(tree):
-    projection = camera_projection(tree["raw"] / DATE, 2)
-    assert projection.size == KITTI_SIZE
-    for (drive, frame), expected in tree["expected"].items():
+def test_the_calibration_gives_the_devkits_matrix_for_each_camera(tree):
+    for camera in (2, 3):
+        projection = camera_projection(tree["raw"] / DATE, camera)
+        assert projection.size == KITTI_SIZE
+        np.testing.assert_allclose(projection.velodyne_to_image, devkit_matrix(camera), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(devkit_matrix(2), devkit_matrix(3), rtol=1e-3)
+
+
+@pytest.mark.parametrize("camera", [2, 3])
+def test_projected_ground_truth_lands_on_the_devkits_pixels(tree, camera):
+    """The scans were made to land on chosen pixels of the left camera (exactly, by the devkit's
+    equations); the right camera sees them where the devkit says, another place."""
+    for (drive, frame, seen_by), expected in tree["expected"].items():
+        if seen_by != camera:
+            continue
         points = read_velodyne(tree["raw"] / DATE / drive / "velodyne_points" / "data" / f"{frame:010d}.bin")
-        got = velodyne_depth_m(points, projection)
-        np.testing.assert_array_equal(got, expected)
+        got = velodyne_depth_m(points, camera_projection(tree["raw"] / DATE, camera))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        assert (got > 0).sum() > 1000
+    left = tree["expected"][(*RIGHT_CAMERA_FRAME, 2)]
+    right = tree["expected"][(*RIGHT_CAMERA_FRAME, 3)]
+    assert ((left > 0) != (right > 0)).mean() > 0.01  # the cameras see the scan in other places
 
 
-def monodepth2_generate_depth_map(points, matrix, size, vel_depth):
-    """monodepth2's generate_depth_map as it is written (a loop over shared pixels, its sub2ind), for comparison."""
-    velo = points[points[:, 0] >= 0].astype(np.float64)
-    velo[:, 3] = 1.0
-    image_points = (matrix @ velo.T).T
-    image_points[:, :2] = image_points[:, :2] / image_points[:, 2][..., None]
-    if vel_depth:
-        image_points[:, 2] = velo[:, 0]
-    image_points[:, 0] = np.round(image_points[:, 0]) - 1
-    image_points[:, 1] = np.round(image_points[:, 1]) - 1
-    keep = (image_points[:, 0] >= 0) & (image_points[:, 1] >= 0)
-    keep &= (image_points[:, 0] < size[1]) & (image_points[:, 1] < size[0])
-    image_points = image_points[keep]
-    depth = np.zeros(size)
-    depth[image_points[:, 1].astype(int), image_points[:, 0].astype(int)] = image_points[:, 2]
-    index = image_points[:, 1] * (size[1] - 1) + image_points[:, 0] - 1
-    for shared in [item for item, count in Counter(index).items() if count > 1]:
-        where = np.where(index == shared)[0]
-        depth[int(image_points[where[0], 1]), int(image_points[where[0], 0])] = image_points[where, 2].min()
-    depth[depth < 0] = 0
-    return depth
-
-
+@pytest.mark.parametrize("camera", [2, 3])
 @pytest.mark.parametrize("depth", ["velodyne", "camera"])
-def test_projection_matches_monodepth2_inside_the_crops(tmp_path, depth):
-    """Random points around the car, behind it, outside the picture and several on one pixel."""
-    write_calibration(tmp_path, P_RECT_02, R_RECT_00, VELO_R, VELO_T, KITTI_SIZE)
-    projection = camera_projection(tmp_path, 2)
+def test_projection_matches_monodepth2_inside_the_crops(tmp_path, camera, depth):
+    """Random points around the car, behind it, outside the picture and several on one pixel, against
+    monodepth2's per-point rules on the devkit's projection (reference_depth_map)."""
+    write_calibration_files(tmp_path)
+    projection = camera_projection(tmp_path, camera)
     rng = np.random.default_rng(0)
     points = np.column_stack([rng.uniform(-20, 90, 30000), rng.uniform(-40, 40, 30000), rng.uniform(-3, 2, 30000),
                               rng.uniform(0, 1, 30000)]).astype(np.float32)  # fmt: skip
-    points = np.concatenate([points, points[:3000] * [1.0, 1.0, 1.0, 1.0] + [0.3, 0, 0, 0]]).astype(np.float32)
+    points = np.concatenate([points, points[:3000] + [0.3, 0, 0, 0]]).astype(np.float32)
     got = velodyne_depth_m(points, projection, depth)
-    reference = monodepth2_generate_depth_map(points, projection.velodyne_to_image, KITTI_SIZE, depth == "velodyne")
-    inner = (slice(None), slice(1, KITTI_SIZE[1] - 1))  # monodepth2's sub2ind folds column W-1 onto column 0
-    np.testing.assert_allclose(got[inner], reference[inner], rtol=1e-6)
+    reference = reference_depth_map(points, camera, velodyne_depth=depth == "velodyne")
+    np.testing.assert_allclose(got, reference, rtol=1e-6)
     assert (got > 0).sum() > 5000
     if depth == "camera":
         assert not np.allclose(got, velodyne_depth_m(points, projection, "velodyne"))
 
 
 def test_points_behind_outside_or_sharing_a_pixel(tmp_path):
-    write_calibration(tmp_path, P_RECT_02, R_RECT_00, VELO_R, VELO_T, KITTI_SIZE)
+    write_calibration_files(tmp_path)
     projection = camera_projection(tmp_path, 2)
-    from kitti_tree import points_landing_at
-
-    near, far = points_landing_at(projection, [300, 300], [600, 600], [10.0, 30.0])
-    (edge,) = points_landing_at(projection, [374], [1241], [20.0])  # the last row and column
+    near, far = points_landing_at([300, 300], [600, 600], [10.0, 30.0])
+    (edge,) = points_landing_at([374], [1241], [20.0])  # the last row and column
     behind = -near
     outside = near * [1, 50, 1, 1]  # far to the side
     got = velodyne_depth_m(np.stack([far, near, edge, behind, outside]).astype(np.float32), projection)
@@ -147,17 +156,37 @@ def test_points_behind_outside_or_sharing_a_pixel(tmp_path):
 
 @pytest.mark.parametrize(
     "list_name, annotated, scored, without",
-    [("bts", True, NUM_FRAMES - 1, 1), ("monodepth2", True, NUM_FRAMES - 1, 1), ("monodepth2", False, NUM_FRAMES, 0),
+    [("bts", True, NUM_FRAMES - 1, 1), ("benchmark", True, NUM_FRAMES - 1, 0), ("monodepth2", False, NUM_FRAMES, 0),
      ("bts", False, NUM_FRAMES, 0)],
 )  # fmt: skip
 def test_frames_without_ground_truth_are_counted(tree, list_name, annotated, scored, without):
     dataset = KittiDataset(tree[list_name], tree["raw"], tree["annotated"] if annotated else None)
-    assert (len(dataset), dataset.num_listed, dataset.num_without_gt) == (scored, NUM_FRAMES, without)
-    image, depth_m = dataset[0]
-    assert image.shape == (3, *KITTI_SIZE) and image.dtype == torch.uint8 and depth_m.shape == (1, *KITTI_SIZE)
-    expected = tree["expected"][(dataset.frames[0].drive, dataset.frames[0].frame)]
-    tolerance = 0.5 / 256 if annotated else 0  # the annotated PNGs hold metres x 256
-    np.testing.assert_allclose(depth_m[0].numpy(), expected, atol=tolerance + 1e-6)
+    assert (len(dataset), dataset.num_without_gt) == (scored, without)
+    for index in (0, len(dataset) - 1):
+        image, depth_m = dataset[index]
+        assert image.shape == (3, *KITTI_SIZE) and image.dtype == torch.uint8 and depth_m.shape == (1, *KITTI_SIZE)
+        expected = tree["expected"][frame_key(dataset.frames[index])]
+        tolerance = 0.5 / 256 if annotated else 1e-6 * expected.max()  # the annotated PNGs hold metres x 256
+        np.testing.assert_allclose(depth_m[0].numpy(), expected, atol=tolerance)
+    assert dataset.frames[-1].camera == 3 or list_name == "benchmark"
+
+
+def test_missing_annotated_depth_is_an_error_not_frames_without_ground_truth(tree, tmp_path, capsys):
+    """Only train/ of data_depth_annotated unzipped: the frames of val/'s drive are missing, which is an
+    error naming the first and the count, not a smaller test set scored with exit 0."""
+    import shutil
+
+    only_train = tmp_path / "annotated"
+    shutil.copytree(tree["annotated"] / "train", only_train / "train")
+    missing = sum(len(frames) for drive, frames in DRIVES.items() if drive != WITHOUT_ANNOTATION[0]) + 1
+    for list_name in ("bts", "benchmark"):
+        argv = ["--model", "unused.pth", "--data", tree[list_name], "--kitti_raw", tree["raw"], "--kitti_depth",
+                only_train, "--output_dir", tmp_path / "out"]  # fmt: skip
+        assert_one_clear_line(run_script(evaluate, argv, capsys), f"{missing} of the", "the first:",
+                              "_drive_0002_sync/proj_depth/groundtruth/image_02/0000000005.png")  # fmt: skip
+    argv = ["--model", "unused.pth", "--data", tree["monodepth2"], "--kitti_raw", tree["raw"], "--kitti_depth",
+            tree["annotated"], "--output_dir", tmp_path / "out"]  # fmt: skip
+    assert_one_clear_line(run_script(evaluate, argv, capsys), "1 of the", "eigen_benchmark list")
 
 
 def test_annotated_depth_merged_into_one_folder(tree, tmp_path):
@@ -211,11 +240,11 @@ def numpy_kitti_metrics(pairs):
     return {name: float(np.mean([row[name] for row in rows])) for name in rows[0]}
 
 
-@pytest.mark.parametrize("annotated", [True, False])
-def test_evaluation_matches_an_independent_computation(tree, kitti_checkpoint, tmp_path, capsys, annotated):
+@pytest.mark.parametrize(("list_name", "annotated"), [("bts", True), ("monodepth2", False)])
+def test_evaluation_matches_an_independent_computation(tree, kitti_checkpoint, tmp_path, capsys, list_name, annotated):
     """The scores of evaluate.py --data LIST equal numpy's metrics on the depth --img writes for each frame."""
     gt_flags = ["--kitti_depth", tree["annotated"]] if annotated else []
-    status, out, err = run_script(evaluate, ["--model", kitti_checkpoint, "--data", tree["monodepth2"],
+    status, out, err = run_script(evaluate, ["--model", kitti_checkpoint, "--data", tree[list_name],
                                              "--kitti_raw", tree["raw"], *gt_flags, "--output_dir", tmp_path / "eval",
                                              "--precision", "fp32", "--num_examples", 1], capsys)  # fmt: skip
     assert status == 0, err
@@ -225,7 +254,7 @@ def test_evaluation_matches_an_independent_computation(tree, kitti_checkpoint, t
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["frames"] == counts and report["crop"] == "garg" and report["gt_range_m"] == [1e-3, 80]
     assert (report["frames_listed"], report["frames_without_gt"]) == (NUM_FRAMES, NUM_FRAMES - scored)
-    dataset = KittiDataset(tree["monodepth2"], tree["raw"], tree["annotated"] if annotated else None)
+    dataset = KittiDataset(tree[list_name], tree["raw"], tree["annotated"] if annotated else None)
     pairs = []
     for index in range(len(dataset)):
         status, _, err = run_script(evaluate, ["--model", kitti_checkpoint, "--img", dataset.images[index],
@@ -239,16 +268,28 @@ def test_evaluation_matches_an_independent_computation(tree, kitti_checkpoint, t
 
 
 def test_kb_crop_predicts_on_the_benchmark_crop_and_scores_in_the_full_frame(tree, kitti_checkpoint, tmp_path, capsys):
+    """Garg's crop lies inside the benchmark crop, so the same pixels are scored with and without --kb_crop:
+    the pixels outside Garg's crop are not counted as left out."""
     assert kb_crop_box(*KITTI_SIZE) == (23, 374, 13, 1228)
     top, _, left, right = crop_box("garg", *KITTI_SIZE)
-    assert top >= 23 and left >= 13 and right <= 1228  # Garg's crop lies inside the benchmark crop
-    status, _, err = run_script(evaluate, ["--model", kitti_checkpoint, "--data", tree["bts"], "--kitti_raw",
-                                             tree["raw"], "--kitti_depth", tree["annotated"], "--kb_crop",
-                                             "--output_dir", tmp_path, "--num_examples", 0], capsys)  # fmt: skip
-    assert status == 0, err
-    report = json.loads((tmp_path / "metrics.json").read_text())
-    assert report["kb_crop"] is True and report["num_images"] == NUM_FRAMES - 1
-    assert report["num_valid_pixels"] > 0 and math.isfinite(report["per_image"]["silog"])
+    assert top >= 23 and left >= 13 and right <= 1228
+    reports = {}
+    for kb_crop in ([], ["--kb_crop"]):
+        out = tmp_path / ("kb" if kb_crop else "full")
+        status, stdout, err = run_script(evaluate, ["--model", kitti_checkpoint, "--data", tree["bts"], "--kitti_raw",
+                                                    tree["raw"], "--kitti_depth", tree["annotated"], *kb_crop,
+                                                    "--output_dir", out, "--num_examples", 1], capsys)  # fmt: skip
+        assert status == 0, err
+        reports[bool(kb_crop)] = json.loads((out / "metrics.json").read_text())
+    kb, full = reports[True], reports[False]
+    assert kb["kb_crop"] is True and kb["num_images"] == NUM_FRAMES - 1 and math.isfinite(kb["per_image"]["silog"])
+    assert (kb["num_valid_pixels"], kb["num_invalid_pixels"]) == (full["num_valid_pixels"], full["num_invalid_pixels"])
+    garg = crop_box("garg", *KITTI_SIZE)
+    assert full["num_valid_pixels"] + full["num_invalid_pixels"] == (NUM_FRAMES - 1) * (garg[1] - garg[0] + 1) * (
+        garg[3] - garg[2] + 1
+    )
+    assert kb["per_image"]["delta1"] != full["per_image"]["delta1"]  # predicted on another picture
+    assert (tmp_path / "kb" / "examples" / "0000.png").is_file()
 
 
 # ----------------------------------------------------------------------------- training

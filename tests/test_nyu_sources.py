@@ -14,6 +14,7 @@ from PIL import Image
 import evaluate
 import train
 from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, encode_depth_file, write_npy_member
+from densedepth import nyu_sources
 from densedepth.nyu_sources import LabeledDataset, LabeledMat, read_splits, write_labeled_mat, write_splits
 from densedepth.protocol import crop_box
 
@@ -115,6 +116,7 @@ def test_one_test_set_three_ways_one_answer(sources, varied_checkpoint, tmp_path
                          "--protocol", "bts")  # fmt: skip
     assert "eigen_bts crop, raw ground truth 0.001 < d < 10 m" in stdout
     for report in (from_mat, from_list, from_zip):
+        assert report["ground_truth"] == "raw"
         assert report["protocol"] == "bts" and report["crop"] == "eigen_bts" and report["num_images"] == 3
         for aggregation in ("per_image", "pooled"):
             assert report[aggregation] == pytest.approx(from_mat[aggregation], rel=1e-6, abs=1e-9)
@@ -177,3 +179,66 @@ def test_bad_nyu_input_is_one_line_each(sources, tmp_path, capsys):
                           "line 2 names", "does not exist")  # fmt: skip
     assert_one_clear_line(run("--data", sources["list"]), "give --data_root")
     assert_one_clear_line(run("--data", tmp_path / "missing.mat", "--splits", sources["splits"]), "does not exist")
+
+
+def test_bts_protocol_on_a_zip_of_filled_depth_is_refused(sources, varied_checkpoint, tmp_path, capsys):
+    """nyu_test.zip holds filled depth: BTS's protocol (raw depth) on it would score another ground truth
+    under BTS's name. BTS's crop on it stays possible, and says which ground truth it is."""
+    filled_zip = sources["root"] / "nyu_test_filled.zip"
+    argv = ["--model", varied_checkpoint, "--data", filled_zip, "--output_dir", tmp_path, "--protocol", "bts"]
+    assert_one_clear_line(run_script(evaluate, argv, capsys), "--protocol bts scores raw depth", "--crop eigen_bts")
+    report, _ = scores(varied_checkpoint, tmp_path, capsys, "--data", filled_zip, "--crop", "eigen_bts")
+    assert report["crop"] == "eigen_bts" and report["ground_truth"] == "filled" and "protocol" not in report
+
+
+def test_the_labeled_mat_is_opened_by_each_process_itself(sources):
+    """No HDF5 handle is left open by the checks, for a forked DataLoader worker to inherit; workers read
+    the pictures with handles of their own."""
+    import h5py
+    from torch.utils.data import DataLoader
+
+    open_files = h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
+    dataset = LabeledDataset(LabeledMat(sources["mat"], "--data"), [1, 3, 5], "raw")
+    assert h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE) == open_files
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    for (image, depth_m), index in zip(loader, [1, 3, 5]):
+        np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), sources["pictures"][index])
+        np.testing.assert_array_equal(depth_m[0].numpy(), sources["raw"][index])
+    assert h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE) == open_files
+
+
+class CountingPair(tuple):
+    """A list's pair that counts how often it is hashed (looked up in a set or dict)."""
+
+    hashes = 0
+
+    def __hash__(self):
+        CountingPair.hashes += 1
+        return tuple.__hash__(self)
+
+
+def test_holding_out_pairs_of_a_bts_list_looks_nothing_up(monkeypatch):
+    """Every 20th pair validates; the others train. Done by position: a set rebuilt for each pair made it
+    quadratic (1.9 s for BTS's 24,231 pairs)."""
+    pairs = [CountingPair((f"scene/rgb_{i:05d}.jpg", f"scene/sync_depth_{i:05d}.png")) for i in range(2000)]
+    monkeypatch.setattr(nyu_sources, "read_bts_nyu_list", lambda *args: (pairs, [518.8579] * len(pairs)))
+    CountingPair.hashes = 0
+    train_set, val_set = nyu_sources.open_bts_sets("list.txt", None, "root", None, 20)
+    assert val_set.pairs == pairs[19::20] and len(train_set) == 1900
+    assert train_set.pairs == [pair for number, pair in enumerate(pairs, start=1) if number % 20]
+    assert CountingPair.hashes <= len(pairs)
+
+
+def test_training_flags_that_do_not_fit_the_source_are_refused(sources, tmp_path, capsys):
+    """--val_data beside the labeled .mat (which validates on testNdxs) and --gt beside BTS's list (which has
+    one depth) were ignored without a word."""
+    argv = ["--checkpoint_dir", tmp_path, "--epochs", 1, "--batch_size", 2, "--no_pretrained"]
+    result = run_script(train, ["--data_dir", sources["mat"], "--splits", sources["splits"], "--val_data",
+                                sources["list"], *argv], capsys)  # fmt: skip
+    assert_one_clear_line(result, "--val_data is not for --data_dir", "testNdxs")
+    result = run_script(train, ["--data_dir", sources["list"], "--data_root", sources["data_root"], "--gt", "raw",
+                                *argv], capsys)  # fmt: skip
+    assert_one_clear_line(result, "--gt is for --data_dir nyu_depth_v2_labeled.mat")
+    result = run_script(train, ["--data_dir", sources["list"], "--data_root", sources["data_root"],
+                                "--val_data_root", sources["data_root"], *argv], capsys)  # fmt: skip
+    assert_one_clear_line(result, "--val_data_root is the folder of --val_data's BTS list")

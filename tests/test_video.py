@@ -75,6 +75,57 @@ def test_ctrl_c_leaves_the_frames_done_as_a_playable_partial_file(varied_checkpo
     assert len(frames) == 8
 
 
+class FailingContainer:
+    """A PyAV container whose decoding stops with an error FFmpeg never raises, after `good` frames."""
+
+    def __init__(self, container, good):
+        self.container, self.good, self.closed = container, good, False
+
+    def decode(self, stream):
+        for index, frame in enumerate(self.container.decode(stream)):
+            if index == self.good:
+                raise RuntimeError("the decoder broke")
+            yield frame
+
+    def close(self):
+        self.closed = True
+        self.container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+
+def test_a_decoding_failure_keeps_the_frames_done_and_fails(varied_checkpoint, tmp_path, capsys, monkeypatch):
+    """Any error of the decoder (not only FFmpeg's) ends the run with one line and a non-zero status; the
+    frames done are kept as a playable partial file; the decoder thread ends and the video is closed."""
+    import threading
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    real_open, opened = video.open_video, []
+
+    def open_failing(path):
+        container, stream = real_open(path)
+        opened.append(FailingContainer(container, good=9))
+        return opened[-1], stream
+
+    monkeypatch.setattr(video, "open_video", open_failing)
+    threads = threading.active_count()
+    argv = ["--model", varied_checkpoint, "--img", clip, "--output_dir", tmp_path / "out", "--batch_size", 4]
+    result = run_script(evaluate, argv, capsys)
+    partial = tmp_path / "out" / "clip_depth.partial.mp4"
+    assert_one_clear_line(result, "a frame could not be decoded (RuntimeError: the decoder broke)",
+                          f"the 9 frames done so far are in {partial}")  # fmt: skip
+    assert not (tmp_path / "out" / "clip_depth.mp4").exists() and not list((tmp_path / "out").glob(".*"))
+    assert len(decoded_frames(partial)[1]) == 9
+    assert all(container.closed for container in opened) and threading.active_count() == threads
+
+
 def test_bad_videos_are_one_line_each(varied_checkpoint, tmp_path, capsys):
     def run(path):
         argv = ["--model", varied_checkpoint, "--img", path, "--output_dir", tmp_path / "out"]
