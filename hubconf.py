@@ -5,10 +5,12 @@
     model = torch.hub.load("OWNER/REPO", "densedepth", weights="https://host/model.pth")  # or a URL
     depth = torch.hub.load("OWNER/REPO", "densedepth", weights="nyu.pth", metres=True)
     depth_m = depth(pictures)  # (N, 3, H, W) RGB in [0, 1], any size -> (N, 1, H, W) metres
+    light = torch.hub.load("OWNER/REPO", "densedepth", encoder="mobilenet_v3_large")  # random weights
 
 weights: a checkpoint of this project (train.py, convert_weights.py) or the DenseDepth
 authors' nyu.h5 / kitti.h5, as a path or a URL (downloaded once into torch.hub's cache);
-this repository hosts none. Without weights the model is randomly initialised.
+this repository hosts none; the checkpoint says its encoder. Without weights the model is
+randomly initialised on `encoder` (densenet169, the paper's, by default).
 """
 
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 dependencies = ["torch", "torchvision", "numpy", "h5py"]
 
 
-def densedepth(weights=None, metres=False, dataset=None):
+def densedepth(weights=None, metres=False, dataset=None, encoder="densenet169"):
     """DenseDepth in eval mode: the network (pictures in [0, 1] -> its target y at half size,
     model.depth_range converts), or with metres=True one module from pictures to depth in metres
     at their size. dataset ('nyu' or 'kitti') names an .h5's depth range when its name does not."""
@@ -28,7 +30,7 @@ def densedepth(weights=None, metres=False, dataset=None):
     from model import DenseDepth, model_from_checkpoint
 
     if weights is None:
-        model = DenseDepth()
+        model = DenseDepth(encoder=encoder)
     else:
         path = _local_copy(str(weights))
         model = model_from_checkpoint(load_weights(path, dataset), path)

@@ -1,4 +1,6 @@
-"""DenseDepth: a DenseNet-169 encoder and an upsampling decoder with skip connections.
+"""DenseDepth: an ImageNet encoder (DenseNet-169 in the paper; any of densedepth/encoders.py's) and an
+upsampling decoder with skip connections at strides 2, 4, 8 and 16, its widths derived from the
+encoder's channels.
 
 The network takes RGB images in [0, 1] (N, 3, H, W) and returns the depth target
 y = max_depth / depth at half the input resolution (N, 1, H/2, W/2): for NYU Depth
@@ -14,9 +16,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import DenseNet169_Weights, densenet169
 
 from densedepth.depth import NYU_DEPTH_RANGE, DepthRange
+from densedepth.encoders import DEFAULT_ENCODER, ENCODERS, build_encoder
 from utils import UserError
 
 
@@ -41,20 +43,11 @@ class Variant:
 DECODER_PADDINGS = ("zeros", "replicate")
 
 
-ENCODER_CHANNELS = 1664
-# DenseNet-169 trunk layers whose outputs feed the decoder, deepest first, with
-# their channel counts: 1/16, 1/8, 1/4 and 1/2 of the input resolution.
-SKIP_LAYERS = (("transition2", 256), ("transition1", 128), ("pool0", 64), ("relu0", 64))
-SKIP_NAMES = {name for name, _ in SKIP_LAYERS}
-# The encoder downsamples 32x; other input sizes are padded up to a multiple.
+# The encoders downsample 32x; other input sizes are padded up to a multiple.
 SIZE_MULTIPLE = 32
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailableError(UserError):
-    """The ImageNet encoder weights could not be downloaded."""
 
 
 class UpBlock(nn.Module):
@@ -78,16 +71,19 @@ class UpBlock(nn.Module):
 
 
 class DenseDepth(nn.Module):
-    """DenseDepth (Alhashim & Wonka, 2018).
+    """DenseDepth (Alhashim & Wonka, 2018) on the encoder `encoder` (densedepth/encoders.py).
 
-    decoder_width scales the decoder: 1.0 is the paper's model (first decoder
-    conv 1664 -> 1664, about 42.6 M parameters in total); the original Keras
-    code's default is 0.5. depth_range sets the target's parametrisation;
-    variant the details in which the authors' released models differ.
+    decoder_width scales the decoder: its first convolution maps the encoder's deepest features to
+    decoder_width times their channels, and each up block halves them; None: the encoder's
+    recommended width. On densenet169, 1.0 is the paper's model (1664 -> 1664, about 42.6 M
+    parameters in total) and 0.5 the original Keras code's default. depth_range sets the target's
+    parametrisation; variant the details in which the authors' released models differ.
     """
 
-    def __init__(self, decoder_width=1.0, pretrained=False, depth_range=NYU_DEPTH_RANGE, variant=Variant()):
+    def __init__(self, decoder_width=None, pretrained=False, depth_range=NYU_DEPTH_RANGE, variant=Variant(),
+                 encoder=DEFAULT_ENCODER):  # fmt: skip
         super().__init__()
+        decoder_width = ENCODERS[encoder].decoder_width if decoder_width is None else decoder_width
         if decoder_width <= 0:
             raise ValueError(f"decoder_width must be positive, got {decoder_width}")
         if variant.decoder_padding not in DECODER_PADDINGS:
@@ -95,16 +91,18 @@ class DenseDepth(nn.Module):
         self.decoder_width = decoder_width
         self.depth_range = depth_range
         self.variant = variant
-        self.encoder = build_encoder(pretrained)
+        self.encoder_name = encoder
+        self.encoder = build_encoder(encoder, pretrained)
         if variant.batchnorm_eps != 1e-5:
             for module in self.encoder.modules():
                 if isinstance(module, nn.BatchNorm2d):
                     module.eps = variant.batchnorm_eps
-        channels = int(ENCODER_CHANNELS * decoder_width)
-        self.bottleneck = nn.Conv2d(ENCODER_CHANNELS, channels, kernel_size=1)
+        *skip_channels, deepest = self.encoder.channels
+        channels = int(deepest * decoder_width)
+        self.bottleneck = nn.Conv2d(deepest, channels, kernel_size=1)
         blocks = []
-        for _, skip_channels in SKIP_LAYERS:
-            blocks.append(UpBlock(channels, skip_channels, channels // 2, variant))
+        for skip in reversed(skip_channels):  # strides 16, 8, 4, 2
+            blocks.append(UpBlock(channels, skip, channels // 2, variant))
             channels //= 2
         self.up_blocks = nn.ModuleList(blocks)
         self.head = decoder_conv(channels, 1, variant)
@@ -119,16 +117,12 @@ class DenseDepth(nn.Module):
             # The paper fed [0, 1] images to an encoder trained on normalised ones;
             # normalising here lets the ImageNet weights see what they were trained on.
             x = (x - self.mean) / self.std
-        skips = {}
-        for name, layer in self.encoder.named_children():
-            x = layer(x)
-            if name in SKIP_NAMES:
-                skips[name] = x
-        if self.variant.trunk_relu:  # Keras' DenseNet-169 ends with a ReLU after its last BatchNorm
+        *skips, x = self.encoder(x)
+        if self.variant.trunk_relu:  # DenseNet's classifier (and Keras' DenseNet-169) applies a ReLU to norm5
             x = F.relu(x)
         x = self.bottleneck(x)
-        for (skip_name, _), block in zip(SKIP_LAYERS, self.up_blocks):
-            x = block(x, skips[skip_name])
+        for skip, block in zip(reversed(skips), self.up_blocks):
+            x = block(x, skip)
         y = self.head(x)
         return y[..., : (height + 1) // 2, : (width + 1) // 2]
 
@@ -136,21 +130,6 @@ class DenseDepth(nn.Module):
 def decoder_conv(in_channels, out_channels, variant):
     """A 3x3 convolution of the decoder, keeping the size, padded as the variant says."""
     return nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode=variant.decoder_padding)
-
-
-def build_encoder(pretrained):
-    """DenseNet-169 `features` trunk from torchvision, with ImageNet weights if asked."""
-    weights = DenseNet169_Weights.IMAGENET1K_V1 if pretrained else None
-    try:
-        return densenet169(weights=weights).features
-    except OSError as err:  # urllib's URLError and socket errors are OSErrors
-        file_name = weights.url.rsplit("/", 1)[-1]
-        cache_dir = f"{torch.hub.get_dir()}/checkpoints"
-        raise WeightsUnavailableError(
-            f"could not download the ImageNet weights for DenseNet-169 ({err}); "
-            f"copy {file_name} from {weights.url} into {cache_dir}/ "
-            "or pass --no_pretrained to train from scratch"
-        ) from err
 
 
 # What a checkpoint config that leaves a Variant field out means by it. Configs used to hold only the
@@ -166,12 +145,12 @@ LEGACY_VARIANT = {
 }
 
 
-def settings_config(decoder_width, input_size, depth_range=NYU_DEPTH_RANGE, variant=Variant()):
-    """What a checkpoint holds to rebuild and use a model: architecture, width, training size,
+def settings_config(decoder_width, input_size, depth_range=NYU_DEPTH_RANGE, variant=Variant(), encoder=DEFAULT_ENCODER):
+    """What a checkpoint holds to rebuild and use a model: architecture, encoder, width, training size,
     depth range, and every one of the variant's settings (so its meaning does not hang on defaults)."""
     return {
         "architecture": "DenseDepth",
-        "encoder": "densenet169",
+        "encoder": encoder,
         "decoder_width": decoder_width,
         "input_size": list(input_size),
         "depth_target": f"{depth_range.max_m * 100:g} / depth_cm",
@@ -183,7 +162,13 @@ def settings_config(decoder_width, input_size, depth_range=NYU_DEPTH_RANGE, vari
 
 def model_config(model, input_size):
     """settings_config() of a model trained at input_size."""
-    return settings_config(model.decoder_width, input_size, model.depth_range, model.variant)
+    return settings_config(model.decoder_width, input_size, model.depth_range, model.variant, model.encoder_name)
+
+
+def variant_for(encoder, **settings):
+    """The Variant a new model on `encoder` is built with: DenseNets keep the ReLU their classifier applies
+    to the trunk's end (the paper's model has it); the other encoders' features are used as they come."""
+    return Variant(trunk_relu=encoder.startswith("densenet"), **settings)
 
 
 def variant_from_config(config):
@@ -193,20 +178,25 @@ def variant_from_config(config):
 
 
 def model_from_checkpoint(checkpoint, source):
-    """The DenseDepth model saved in a checkpoint dict (train.py's or convert_weights.py's format), on the CPU."""
+    """The DenseDepth model saved in a checkpoint dict (train.py's or convert_weights.py's format), on the
+    CPU, on the encoder its config names (densenet169 for checkpoints from before there was a choice)."""
     config = checkpoint["config"]
-    for key, value in {"architecture": "DenseDepth", "encoder": "densenet169"}.items():
-        if config.get(key, value) != value:
-            raise UserError(f"checkpoint {source} has {key} {config[key]!r}; this code's model has {value!r}")
+    if config.get("architecture", "DenseDepth") != "DenseDepth":
+        raise UserError(f"checkpoint {source} has architecture {config['architecture']!r}; this code's is DenseDepth")
+    encoder = config.get("encoder", DEFAULT_ENCODER)
+    if encoder not in ENCODERS:
+        raise UserError(f"checkpoint {source} has encoder {encoder!r}, which this code does not build; it builds "
+                        f"{', '.join(ENCODERS)}")  # fmt: skip
     width = config["decoder_width"]
     try:
         depth_range = DepthRange(config["min_depth_m"], config["max_depth_m"])
     except ValueError as err:
         raise UserError(f"checkpoint {source}: {err}") from err
-    model = DenseDepth(width, depth_range=depth_range, variant=variant_from_config(config))
+    model = DenseDepth(width, depth_range=depth_range, variant=variant_from_config(config), encoder=encoder)
     mismatch = _state_mismatch(model.state_dict(), checkpoint["model"])
     if mismatch:
-        raise UserError(f"checkpoint {source} does not fit a DenseDepth model with decoder width {width}: {mismatch}")
+        raise UserError(f"checkpoint {source} does not fit a DenseDepth model on {encoder} with decoder width "
+                        f"{width}: {mismatch}")  # fmt: skip
     model.load_state_dict(checkpoint["model"])
     return model
 

@@ -97,7 +97,16 @@ from densedepth.visualize import TrainingLog, preview_grid, preview_samples
 from densedepth.weights import describe, is_keras_file, load_weights
 from loss import SSIM_WINDOW, DepthLoss
 from metrics import DepthMetrics, format_table
-from model import DECODER_PADDINGS, DenseDepth, Variant, count_parameters, model_from_checkpoint, variant_from_config
+from densedepth.encoders import DEFAULT_ENCODER, ENCODERS, LIGHT_ENCODER
+from model import (
+    DECODER_PADDINGS,
+    DenseDepth,
+    Variant,
+    count_parameters,
+    model_from_checkpoint,
+    variant_for,
+    variant_from_config,
+)
 from utils import (
     DEVICE_HELP,
     PRECISIONS,
@@ -128,6 +137,7 @@ def add_setting(group, flag, default, **kwargs):
     """Add a flag that defines what a run trains: left out, it is the checkpoint's when resuming
     (the model's with --weights), else `default`, which its help is told."""
     shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    shown = kwargs.pop("default_shown", shown)
     kwargs["help"] = f"{kwargs['help']} (default {shown}, or the checkpoint's)"
     action = group.add_argument(flag, **kwargs)
     action.setting_default = default
@@ -212,10 +222,21 @@ def get_args_parser():
     )
     add_setting(
         optional,
+        "--encoder",
+        DEFAULT_ENCODER,
+        choices=tuple(ENCODERS),
+        metavar="ENCODER",
+        help=f"the ImageNet encoder under DenseDepth's decoder: {', '.join(ENCODERS)}; densenet169 is the "
+        f"paper's, {LIGHT_ENCODER} the light model for live depth on a CPU (docs/models.md)",
+    )
+    add_setting(
+        optional,
         "--decoder_width",
-        1.0,
+        None,
         type=float,
-        help="decoder width factor: 1.0 is the paper's model, 0.5 the original code's default",
+        default_shown="the encoder's recommended width: 1.0 for densenet169, the paper's model",
+        help="decoder width factor: the first decoder convolution's channels over the encoder's deepest ones "
+        "(0.5 is the original code's default for densenet169)",
     )
     add_setting(
         optional,
@@ -346,6 +367,8 @@ def resolve_settings(args, checkpoint, weights=None):
     for name, default in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
+    if args.decoder_width is None:
+        args.decoder_width = ENCODERS[args.encoder].decoder_width
     args.input_size = tuple(args.input_size)
     if checkpoint is not None:
         # What the checkpoint's weights and optimizer state were made for.
@@ -357,7 +380,7 @@ def resolve_settings(args, checkpoint, weights=None):
         raise UserError(f"--min_depth {args.min_depth} must be below --max_depth {args.max_depth}")
     if weights is not None:  # what the weights' layers were made for
         made_for = model_settings(weights)
-        fixed = {flag: made_for[flag] for flag in ("decoder_width", "decoder_padding")}
+        fixed = {flag: made_for[flag] for flag in ("encoder", "decoder_width", "decoder_padding")}
         refuse_changes(args, fixed, f"--weights {args.weights}", "leave the flag out to use the weights' model")
 
 
@@ -372,6 +395,7 @@ def model_settings(checkpoint):
     """The settings of the model a checkpoint holds, under their flags' names."""
     config = checkpoint["config"]
     return {
+        "encoder": config.get("encoder", DEFAULT_ENCODER),
         "decoder_width": config["decoder_width"],
         "decoder_padding": variant_from_config(config).decoder_padding,
         "input_size": config["input_size"],
@@ -434,8 +458,8 @@ def build_model(args, checkpoint, world, weights=None):
         for first_on_machine in (True, False):
             with world.all_or_none():
                 if (world.local_rank == 0) == first_on_machine:
-                    variant = Variant(decoder_padding=args.decoder_padding)
-                    model = DenseDepth(args.decoder_width, pretrained=args.pretrained, variant=variant)
+                    variant = variant_for(args.encoder, decoder_padding=args.decoder_padding)
+                    model = DenseDepth(args.decoder_width, args.pretrained, variant=variant, encoder=args.encoder)
     # A new run's range, or a fine-tuning's (which may change the weights'); a resumed run's is checked equal.
     model.depth_range = DepthRange(args.min_depth, args.max_depth)
     if args.sync_bn and world.launched:
@@ -714,7 +738,7 @@ def describe_run(model, train_loader, test_loader, args, world, dtype):
     if args.weights:
         print(f"a new run from the weights of {args.weights}: new optimizer, from epoch 1")
     print(
-        f"DenseDepth, decoder width {model.decoder_width}{padding_note(model)}, "
+        f"DenseDepth on {model.encoder_name}, decoder width {model.decoder_width}{padding_note(model)}, "
         f"{count_parameters(model) / 1e6:.2f} M parameters, "
         f"on {world.device} in {precision_name(dtype)}{processes}; {len(train_loader.dataset)} training pairs, "
         f"{len(test_loader.dataset)} test pairs, input {args.input_size[0]}x{args.input_size[1]}, depth "

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.fx.experimental.optimization import fuse
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from data import encode_picture, encode_test_depth_png, scaled_intrinsics
 from densedepth.deploy import OnnxDepthModel
@@ -34,8 +36,27 @@ def load_model(path, device):
     checkpoint = load_weights(path)
     if is_keras_file(path):
         print(describe(checkpoint))
-    model = model_from_checkpoint(checkpoint, path)
-    return model.to(device, memory_format=torch.channels_last).eval(), tuple(checkpoint["config"]["input_size"])
+    model = fold_batchnorms(model_from_checkpoint(checkpoint, path).eval())
+    return model.to(device, memory_format=torch.channels_last), tuple(checkpoint["config"]["input_size"])
+
+
+def fold_batchnorms(model):
+    """`model` (in eval mode) for prediction: each BatchNorm2d of its encoder that directly follows a
+    convolution folded into that convolution's weights, by torch.fx's conv-BN fusion on the encoder's
+    traced graph. The same depth to rounding, one pass less over each feature map and, under bf16
+    autocast, no fp32 round trip between the convolutions (MobileNet, EfficientNet, ResNet). DenseNets
+    normalise before they convolve: nothing to fold there."""
+    body = getattr(model.encoder, "body", None)
+    if isinstance(body, torch.fx.GraphModule):  # the pairs the trace sees (ResNet's)
+        model.encoder.body = fuse(body.eval(), inplace=True, no_trace=True)
+    for sequence in [module for module in model.modules() if isinstance(module, torch.nn.Sequential)]:
+        names = list(sequence._modules)  # the pairs inside the trace's leaves (torchvision's Conv2dNormActivation)
+        for conv_name, norm_name in zip(names, names[1:]):
+            conv, norm = sequence._modules[conv_name], sequence._modules[norm_name]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+                sequence._modules[conv_name] = fuse_conv_bn_eval(conv.eval(), norm.eval())
+                sequence._modules[norm_name] = torch.nn.Identity()
+    return model
 
 
 def depth_of_pictures(model, images, input_size, device, dtype, flip=True):

@@ -32,8 +32,11 @@ import numpy as np
 import torch
 
 from densedepth.depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
-from model import ENCODER_CHANNELS, Variant, settings_config, variant_from_config
+from model import Variant, settings_config, variant_from_config
 from utils import HDF5_SIGNATURE, UserError, load_checkpoint
+
+# The channels at the end of the authors' DenseNet-169 trunk (its `bn`), which their decoder's conv2 widens from.
+TRUNK_CHANNELS = 1664
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras_h5")
 
@@ -379,14 +382,14 @@ def read_decoder_width(arrays, path):
     if extra:
         raise UserError(f"{path} has weights for a layer {extra[0]} that DenseDepth does not have")
     kernel_shape = arrays["conv2"]["kernel"].shape
-    if kernel_shape[:3] != (1, 1, ENCODER_CHANNELS):
+    if kernel_shape[:3] != (1, 1, TRUNK_CHANNELS):
         raise UserError(f"{path}: its conv2 kernel is {kernel_shape}, not (1, 1, 1664, filters) as DenseDepth's")
     filters = kernel_shape[3]
-    width = filters / ENCODER_CHANNELS
+    width = filters / TRUNK_CHANNELS
     for block in range(1, 5):
         expected = filters // 2**block
         found = arrays[f"up{block}_convA"]["kernel"].shape[3]
-        if int(ENCODER_CHANNELS * width) != filters or found != expected:
+        if int(TRUNK_CHANNELS * width) != filters or found != expected:
             raise UserError(
                 f"{path} is a DenseDepth file of a width this code does not build: conv2 has {filters} filters "
                 f"and up{block}_convA {found}, where each up block halves them (1664, 832, 416, ... as DenseDepth)"
@@ -424,7 +427,7 @@ def describe(checkpoint):
     """One line on what a converted Keras file holds, for the scripts to print."""
     config, source = checkpoint["config"], checkpoint["source"]
     variant = variant_from_config(config)
-    filters = int(ENCODER_CHANNELS * config["decoder_width"])
+    filters = int(TRUNK_CHANNELS * config["decoder_width"])
     return (
         f"{source['file']}: the DenseDepth authors' Keras model (Keras {source['keras_version']}), "
         f"decoder 1664 -> {filters}, "

@@ -281,7 +281,7 @@ def test_checkpoints_missing_truncated_foreign_or_of_another_width(tiny_checkpoi
         (tmp_path / "truncated.pth", "truncated.pth could not be read: it is truncated (its zip directory is missing)"),
         (tmp_path / "notes.pth", "notes.pth could not be read: it is not a PyTorch checkpoint file"),
         (tmp_path / "foreign.pth", "foreign.pth is not a checkpoint of this project"),
-        (tmp_path / "edited.pth", "edited.pth does not fit a DenseDepth model with decoder width 0.125"),
+        (tmp_path / "edited.pth", "edited.pth does not fit a DenseDepth model on densenet169 with decoder width 0.125"),
     ):
         argv = ["--model", path, "--img", picture, "--output_dir", tmp_path / "out"]
         assert_one_clear_line(run_script(evaluate, argv, capsys), needle)

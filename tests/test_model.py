@@ -6,7 +6,8 @@ import torch
 from data import resize
 from densedepth.depth import depth_m_to_target, target_to_depth_m
 from densedepth.protocol import predict_depth_m
-from model import DenseDepth, Variant, WeightsUnavailableError, count_parameters
+from densedepth.encoders import WeightsUnavailableError
+from model import DenseDepth, Variant, count_parameters
 
 
 def conv_params(in_channels, out_channels, kernel):
