@@ -1,5 +1,5 @@
-"""A live demo in the browser: a picture or the webcam in, its depth and a 3-D point cloud out; a video
-in, its depth video out.
+"""A live demo in the browser: a picture or a webcam snapshot in, its depth and a 3-D point cloud out;
+the webcam streaming live, its depth beside it as fast as the model goes; a video in, its depth video out.
 
     pip install -r requirements-demo.txt
     python demo.py                                  # the quick start's model
@@ -10,18 +10,24 @@ internet. Drop or pick a picture, or take one with the webcam: the page shows th
 its depth side by side with a colour bar in metres, the scene as coloured 3-D points to turn
 with the mouse (the NYU camera's intrinsics scaled to the picture, editable), and the files
 evaluate.py --img writes for it: the 16-bit PNG in millimetres, the .npy in metres and the .ply.
-The Video tab takes a clip (up to MAX_VIDEO_MB and MAX_VIDEO_SECONDS, needs requirements-video.txt)
-and plays its depth beside it, as evaluate.py --img clip.mp4 --side_by_side writes it, to download.
+The Live tab streams the webcam continuously and shows each frame beside its depth (no mirror
+averaging, one colour scale: the model's range), with the frames per second it achieves; with the
+light model (docs/models.md) that is live on a laptop's CPU. The Video tab takes a clip (up to
+MAX_VIDEO_MB and MAX_VIDEO_SECONDS, needs requirements-video.txt) and plays its depth beside it, as
+evaluate.py --img clip.mp4 --side_by_side writes it, to download. Bad input (a file that is not a
+picture, a clip FFmpeg cannot read) is answered with its reason in one line, in the page and the API.
 Prediction runs with evaluate.py's device and precision choice (bf16 on a CPU where it measures faster,
 int8 on one with AMX where that measures faster still).
 """
 
 import argparse
+import collections
 import io
 import json
 import os
 import struct
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,13 +38,17 @@ from PIL import Image
 from data import NYU_INTRINSICS, scaled_intrinsics
 from densedepth.deploy import prediction_model
 from densedepth.inference import PictureOptions, depth_of_pictures, load_model, picture_outputs
-from densedepth.visualize import backproject
+from densedepth.visualize import backproject, colorize_depth
 from utils import DEVICE_HELP, PREDICTION_PRECISIONS, UserError, choose_device, choose_precision, run_main
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent / "runs/quickstart/checkpoints/last.pth"
 MAX_PIXELS = 40_000_000  # a bigger picture is refused in the page, not fed to the network
 MAX_CLOUD_POINTS = 150_000  # the viewer's points; the .ply keeps every pixel
 MAX_VIDEO_MB, MAX_VIDEO_SECONDS = 100, 60  # a longer or bigger clip is refused in the page
+LIVE_EVERY_S = 0.01  # how often the page looks for a new webcam frame to send; it sends none while one is on its way
+# What the page asks the camera for: VGA, which the light model's trained size divides, rather than whatever the
+# camera's largest is (a 1920x1440 frame costs more to send, decode and colour than to predict).
+LIVE_CAMERA = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}
 
 
 def get_args_parser():
@@ -81,6 +91,7 @@ class DepthDemo:
     def __init__(self, model, input_size, device, dtype, flip, out_dir):
         self.model, self.input_size, self.device, self.dtype, self.flip = model, input_size, device, dtype, flip
         self.out_dir = Path(out_dir)
+        self.live_rate = RateMeter()
 
     def predict(self, picture, fx=None, fy=None, cx=None, cy=None):
         """picture: (H, W, 3) uint8 RGB (Gradio's numpy image) -> (side by side, .glb, files, summary)."""
@@ -107,6 +118,23 @@ class DepthDemo:
         )
         return side, str(cloud), written, summary
 
+    def live(self, frame):
+        """One webcam frame (H, W, 3) uint8 -> (its depth in colour, the rate achieved so far). The frame is
+        first scaled to fit the model's trained size, which the network sees anyway: the depth comes back at
+        that size, cheap to colour and send, and the page draws it as large as the webcam beside it."""
+        if frame is None:
+            return None, "Waiting for the camera."
+        picture = fit_within(check_picture(frame), max(self.input_size))
+        image = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None]
+        depth_m = depth_of_pictures(self.model, image, self.input_size, self.device, self.dtype, flip=False)[0]
+        low, high = self.model.depth_range.min_m, self.model.depth_range.max_m
+        rate = self.live_rate.tick()
+        return colorize_depth(depth_m, low, high), (
+            f"Live: **{rate:.1f} frames/s** (over the last {self.live_rate.count - 1} frames), the camera's "
+            f"{frame.shape[1]}x{frame.shape[0]} predicted at {picture.shape[1]}x{picture.shape[0]}; colours {low:g} "
+            f"to {high:g} m, near = dark."
+        )
+
     def predict_video(self, path):
         """A video file (Gradio's upload path) -> (the depth video beside the clip, summary)."""
         import gradio as gr
@@ -128,6 +156,29 @@ class DepthDemo:
         summary = (f"{report.frames} frames in {report.seconds:.1f} s ({report.frames / report.seconds:.1f} "
                    f"frames/s); colours {depth_range[0]:g} to {depth_range[1]:g} m")  # fmt: skip
         return str(report.path), summary
+
+
+class RateMeter:
+    """Frames per second over the last `window` frames (a gap of over `reset_s` starts it again)."""
+
+    def __init__(self, window=30, reset_s=2.0):
+        self.times = collections.deque(maxlen=window)
+        self.reset_s = reset_s
+        self.lock = threading.Lock()
+
+    @property
+    def count(self):
+        return len(self.times)
+
+    def tick(self):
+        """Count a frame done now; the rate so far (0 until two frames)."""
+        with self.lock:
+            now = time.perf_counter()
+            if self.times and now - self.times[-1] > self.reset_s:
+                self.times.clear()
+            self.times.append(now)
+            span = self.times[-1] - self.times[0]
+            return (len(self.times) - 1) / span if span > 0 else 0.0
 
 
 def check_video(path):
@@ -157,6 +208,15 @@ def check_picture(picture):
             "scale it down first."
         )
     return picture[..., :3]  # Gradio hands over RGB uint8 (image_mode "RGB"), whatever the file was
+
+
+def fit_within(picture, max_side):
+    """An (H, W, 3) uint8 picture scaled down (keeping its shape) so that its longer side is at most max_side."""
+    scale = max_side / max(picture.shape[:2])
+    if scale >= 1:
+        return picture
+    size = (round(picture.shape[1] * scale), round(picture.shape[0] * scale))
+    return np.asarray(Image.fromarray(picture).resize(size, Image.BILINEAR, reducing_gap=2.0))
 
 
 def camera(size, fx, fy, cx, cy):
@@ -230,15 +290,37 @@ def build_app(demo, title):
         gr.Markdown(f"## DenseDepth: depth from one picture\n{title}")
         with gr.Tab("Picture"):
             picture_tab(gr, demo, fx0, fy0, cx0, cy0)
+        with gr.Tab("Live"):
+            live_tab(gr, demo)
         with gr.Tab("Video"):
             video_tab(gr, demo)
     return app, theme
 
 
+def picture_input(gr, **kwargs):
+    """gr.Image whose bad files (not a picture, damaged) are answered with the reason in one line, where
+    Gradio's own decoding would answer a bare 'Error'."""
+
+    class PictureInput(gr.Image):
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                name = Path(getattr(payload, "orig_name", None) or "the file").name
+                reason = str(err).split(" '/")[0].split(" '")[0] or type(err).__name__
+                raise gr.Error(f"{name} is not a picture that can be read ({reason}).", print_exception=False) from err
+
+        @classmethod
+        def get_block_name(cls):
+            return "image"  # drawn by the page as the Image it is
+
+    return PictureInput(**kwargs)
+
+
 def picture_tab(gr, demo, fx0, fy0, cx0, cy0):
     """The picture tab: a picture in; depth side by side, 3-D points and files out."""
     with gr.Row():
-        picture = gr.Image(sources=["upload", "webcam", "clipboard"], type="numpy", label="Picture")
+        picture = picture_input(gr, sources=["upload", "webcam", "clipboard"], type="numpy", label="Picture")
         with gr.Column():
             summary = gr.Markdown("Drop a picture, pick one, or take one with the webcam.")
             gr.Markdown(
@@ -251,6 +333,21 @@ def picture_tab(gr, demo, fx0, fy0, cx0, cy0):
     depth = gr.Image(label="Picture | depth (m)", type="numpy", format="png", elem_id="depth")
     cloud = gr.Model3D(label="3-D points (drag to turn, scroll to zoom)", display_mode="point_cloud", height=480)
     picture.change(demo.predict, [picture, *fields], [depth, cloud, files, summary], api_name="predict")
+
+
+def live_tab(gr, demo):
+    """The live tab: the webcam streamed continuously, each frame beside its depth, and the rate achieved."""
+    gr.Markdown(
+        "The webcam, live: press record, allow the camera, and its depth appears beside it as fast as the model "
+        "goes (the light model, `--encoder mobilenet_v3_large`, keeps up on a laptop's CPU)."
+    )
+    with gr.Row():
+        camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", elem_id="webcam",
+                          webcam_options=gr.WebcamOptions(mirror=False, constraints=LIVE_CAMERA))  # fmt: skip
+        shown = gr.Image(label="Depth (m)", type="numpy", format="jpeg", streaming=True, elem_id="live_depth")
+    rate = gr.Markdown("Press the camera's record button to start.", elem_id="live_rate")
+    camera.stream(demo.live, [camera], [shown, rate], stream_every=LIVE_EVERY_S, concurrency_limit=1,
+                  api_name="live")  # fmt: skip
 
 
 def video_tab(gr, demo):

@@ -8,7 +8,8 @@ from sample_data import write_sample_data
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: starts processes, servers or a browser (seconds to minutes); -m 'not slow' leaves them out"
+        "markers", "slow: starts processes, servers or a browser, builds Keras or ONNX models, trains several runs or "
+        "large encoders (seconds to minutes); -m 'not slow' leaves them out"
     )
     # data.py silences this at import, but pytest resets warning filters for each test.
     config.addinivalue_line(

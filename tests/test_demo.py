@@ -91,7 +91,8 @@ def test_bad_input_gives_a_message_and_the_server_goes_on(server, picture, tmp_p
     not_a_picture.write_text("not a picture")
     huge = tmp_path / "huge.png"
     Image.new("RGB", (8000, 5200), (90, 90, 90)).save(huge)
-    for bad, message in ((not_a_picture, ""), (huge, "over 40 megapixels")):
+    for bad, message in ((not_a_picture, "notes.png is not a picture that can be read (cannot identify image file"),
+                         (huge, "over 40 megapixels")):  # fmt: skip
         with pytest.raises(Exception) as error:  # gradio_client raises the page's error
             predict(server, bad)
         assert message in str(error.value)
@@ -144,23 +145,70 @@ def chromium():
     return (browser, driver) if browser and driver else None
 
 
-@pytest.mark.skipif(chromium() is None, reason="no system Chromium and chromedriver (apt-get install chromium "
-                    "chromium-driver; .ci/run installs them)")  # fmt: skip
-def test_the_page_in_a_real_browser(server, picture, tmp_path):
-    """Headless Chromium uploads a picture, waits for its depth, and saves a screenshot."""
+needs_chromium = pytest.mark.skipif(chromium() is None, reason="no system Chromium and chromedriver (apt-get install "
+                                    "chromium chromium-driver; .ci/run installs them)")  # fmt: skip
+
+
+def browser_session(*extra_flags):
+    """Headless Chromium (the system's, through its chromedriver) on a fresh profile."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser, driver = chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1280,1800"):  # fmt: skip
+                 f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1280,1800", *extra_flags):  # fmt: skip
         options.add_argument(flag)
-    session = webdriver.Chrome(service=Service(driver), options=options)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@needs_chromium
+def test_the_webcam_streams_live_depth_in_a_real_browser(server, tmp_path):
+    """Chromium's fake camera streams into the Live tab: frame after frame comes back as depth, and the page
+    says the rate it keeps."""
+    import re
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    session = browser_session("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    try:
+        session.get(server)
+        WebDriverWait(session, 60).until(lambda page: page.find_elements(By.CSS_SELECTOR, "button[role=tab]"))
+        next(tab for tab in session.find_elements(By.CSS_SELECTOR, "button[role=tab]") if tab.text == "Live").click()
+        WebDriverWait(session, 30).until(
+            lambda page: any("Webcam" in button.text for button in page.find_elements(By.CSS_SELECTOR, "#webcam button"))
+        )
+        next(button for button in session.find_elements(By.CSS_SELECTOR, "#webcam button") if "Webcam" in button.text
+             ).click()  # fmt: skip
+        WebDriverWait(session, 30).until(
+            lambda page: any(b.text == "Record" for b in page.find_elements(By.CSS_SELECTOR, "#webcam button"))
+        )
+        next(b for b in session.find_elements(By.CSS_SELECTOR, "#webcam button") if b.text == "Record").click()
+
+        def frames_counted(page):
+            found = re.search(r"([\d.]+) frames/s \(over the last (\d+) frames\)", page.find_element(By.ID, "live_rate").text)
+            return found and int(found.group(2)) >= 20 and found
+
+        rate = WebDriverWait(session, 120).until(frames_counted)  # 20 frames and more: a stream, not a snapshot
+        depth = session.find_element(By.CSS_SELECTOR, "#live_depth img").get_attribute("src")
+        text = session.find_element(By.ID, "live_rate").text
+        session.save_screenshot(str(tmp_path / "live.png"))
+    finally:
+        session.quit()
+    assert float(rate.group(1)) > 1 and depth, text
+    assert "the camera's 320x240 predicted at 64x48" in text and "Error" not in text
+
+
+@needs_chromium
+def test_the_page_in_a_real_browser(server, picture, tmp_path):
+    """Headless Chromium uploads a picture, waits for its depth, and saves a screenshot."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    session = browser_session()
     try:
         session.get(server)
         WebDriverWait(session, 60).until(lambda page: page.find_elements(By.CSS_SELECTOR, "input[type=file]"))

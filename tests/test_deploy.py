@@ -42,6 +42,7 @@ def reference(checkpoint_path, pictures):
         return DepthInMetres(model).eval()(pictures).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 def test_onnxruntime_gives_pytorchs_depth_at_any_size(exported, tiny_checkpoint, size):
     session = ort.InferenceSession(str(exported[1]), providers=["CPUExecutionProvider"])
@@ -51,7 +52,7 @@ def test_onnxruntime_gives_pytorchs_depth_at_any_size(exported, tiny_checkpoint,
     assert depth_m.shape == (3, 1, *size)
     assert np.abs(depth_m - expected).max() <= 1e-4 * np.abs(expected).max()
 
-
+@pytest.mark.slow
 def test_a_replicate_padded_decoder_exports_to_onnx(tmp_path):
     torch.manual_seed(0)
     model = DenseDepth(0.0625, variant=Variant(decoder_padding="replicate")).eval()
@@ -64,7 +65,7 @@ def test_a_replicate_padded_decoder_exports_to_onnx(tmp_path):
     expected = reference(tmp_path / "r.pth", pictures)
     assert np.abs(depth_m - expected).max() <= 1e-4 * np.abs(expected).max()
 
-
+@pytest.mark.slow
 def test_the_onnx_file_says_what_goes_in_and_comes_out(exported):
     meta = ort.InferenceSession(str(exported[1]), providers=["CPUExecutionProvider"]).get_modelmeta()
     props = meta.custom_metadata_map
@@ -90,7 +91,7 @@ def test_torchscript_loads_with_torch_alone(exported, tiny_checkpoint, tmp_path)
     assert depth_m.shape == expected.shape and np.abs(depth_m - expected).max() <= 1e-5 * np.abs(expected).max()
     assert load_torchscript_metadata(exported[3])["max_depth_m"] == "10.0"
 
-
+@pytest.mark.slow
 def test_the_int8_model_runs_and_stays_close(exported):
     pictures = example_input(SIZES[0], uint8_input=True, batch=2, seed=7).numpy()
     runs = {}
@@ -101,7 +102,7 @@ def test_the_int8_model_runs_and_stays_close(exported):
     relative = np.abs(runs["model.int8.onnx"] - runs["model.onnx"]) / runs["model.onnx"]
     assert np.median(relative) < 0.05
 
-
+@pytest.mark.slow
 def test_evaluate_runs_an_onnx_by_the_same_protocol(exported, tiny_checkpoint, tiny_zips, tmp_path, capsys):
     metrics, outputs = {}, {}
     for name, model in (("onnx", exported[1]), ("pth", tiny_checkpoint)):
@@ -129,7 +130,7 @@ def test_torch_hub_gives_the_model_with_its_settings(tiny_checkpoint):
     depth_m = metres(torch.rand(1, 3, 50, 70))
     assert depth_m.shape == (1, 1, 50, 70) and 0.1 <= depth_m.min() and depth_m.max() <= 10
 
-
+@pytest.mark.slow
 def test_deployment_bad_input(exported, tiny_checkpoint, tiny_zips, tmp_path, capsys):
     argv = ["--model", tiny_checkpoint, "--format", "torchscript", "--output", tmp_path / "m.pt", "--int8"]
     assert_one_clear_line(run_script(export, argv, capsys), "--int8 quantises an ONNX model")

@@ -96,7 +96,7 @@ def test_a_stop_inside_a_log_interval_keeps_its_losses(tiny_zips, tmp_path, monk
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
     assert (saved["samples_done"], saved["loss_steps"]) == (4, 2) and saved["loss_sum"] > 0
 
-
+@pytest.mark.slow
 def test_a_stop_during_validation_resumes_with_the_validation(straight_run, tiny_zips, tmp_path, monkeypatch):
     real_protocol = train.evaluate_protocol
 
@@ -115,7 +115,7 @@ def test_a_stop_during_validation_resumes_with_the_validation(straight_run, tiny
     assert_same_weights(resumed["model"], straight_run["model"])
     assert resumed["val_metrics"] == straight_run["val_metrics"]
 
-
+@pytest.mark.slow
 def test_a_resumed_auto_run_keeps_the_precision_it_was_saved_in(tiny_zips, tmp_path, monkeypatch, capsys):
     # 'auto' times bf16 on the CPU; a busy machine can time it the other way on the day of the resume.
     import utils
@@ -135,7 +135,7 @@ def test_a_resumed_auto_run_keeps_the_precision_it_was_saved_in(tiny_zips, tmp_p
     train.main(train.get_args_parser().parse_args(argv))
     assert torch.load(tmp_path / "last.pth", weights_only=True)["precision"]["name"] == "fp32"
 
-
+@pytest.mark.slow
 def test_the_decoder_padding_is_the_checkpoints_and_cannot_change(tiny_zips, tmp_path, capsys):
     from test_bad_input import assert_one_clear_line
 
@@ -311,7 +311,7 @@ def test_the_cosine_schedule_rises_then_decays_and_constant_stays():
     constant = Schedule(lr=1e-4, lr_schedule="constant", warmup_steps=4)
     assert {learning_rate(constant, step, 10) for step in range(10)} == {1e-4}
 
-
+@pytest.mark.slow
 def test_a_cosine_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_zips, tmp_path, monkeypatch):
     schedule = ("--workers", 0, "--lr", 1e-3, "--lr_schedule", "cosine", "--warmup_steps", 3)
     straight = train_in_process(tiny_zips[0], tmp_path / "straight", 2, *schedule)
@@ -330,7 +330,7 @@ def test_a_cosine_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_zips, t
     assert straight["optimizer"]["param_groups"][0]["lr"] == pytest.approx(last_rate)
     assert resumed["optimizer"]["param_groups"][0]["lr"] == straight["optimizer"]["param_groups"][0]["lr"]
 
-
+@pytest.mark.slow
 def test_the_loss_weights_are_settings_of_the_run(tiny_zips, tmp_path, monkeypatch):
     real_forward, weights_used = train.DepthLoss.forward, set()
 
@@ -351,7 +351,7 @@ def test_the_loss_weights_are_settings_of_the_run(tiny_zips, tmp_path, monkeypat
     train_in_process(tiny_zips[0], tmp_path / "default", 1, "--workers", 0)
     assert weights_used == {(0.1, 1.0)}
 
-
+@pytest.mark.slow
 def test_amsgrad_is_a_setting_of_the_run_and_resumes_to_the_same_weights(
     straight_run, tiny_zips, tmp_path, monkeypatch
 ):

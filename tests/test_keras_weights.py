@@ -26,7 +26,9 @@ from utils import load_checkpoint
 
 kd = pytest.importorskip("keras_densedepth", reason="Keras 3 (pip install keras) builds the reference model")
 # Keras 3 on numpy 2 warns on every array it converts; nothing of ours.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+# Building the Keras reference model takes half a minute: these run with the slow tests.
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+              pytest.mark.slow]  # fmt: skip
 
 NYU_SIZE = (480, 640)
 SMALL_SIZE = (128, 160)

@@ -240,7 +240,8 @@ def numpy_kitti_metrics(pairs):
     return {name: float(np.mean([row[name] for row in rows])) for name in rows[0]}
 
 
-@pytest.mark.parametrize(("list_name", "annotated"), [("bts", True), ("monodepth2", False)])
+@pytest.mark.parametrize(("list_name", "annotated"), [pytest.param("bts", True, marks=pytest.mark.slow),
+                                                     ("monodepth2", False)])  # fmt: skip
 def test_evaluation_matches_an_independent_computation(tree, kitti_checkpoint, tmp_path, capsys, list_name, annotated):
     """The scores of evaluate.py --data LIST equal numpy's metrics on the depth --img writes for each frame."""
     gt_flags = ["--kitti_depth", tree["annotated"]] if annotated else []

@@ -140,7 +140,8 @@ def test_train_resume_and_evaluate_on_an_indoor_csv(indoor, tmp_path, capsys):
     assert (tmp_path / "ev" / "examples" / "0000.png").is_file()
 
 
-@pytest.mark.parametrize("kind", ["png8", "npy", "tiff"])
+@pytest.mark.parametrize("kind", [pytest.param("png8", marks=pytest.mark.slow), "npy",
+                                  pytest.param("tiff", marks=pytest.mark.slow)])  # fmt: skip
 def test_fine_tune_from_weights_on_each_depth_format(indoor, tmp_path, capsys, kind):
     """The indoor pairs rewritten in another format, as rgb/ + depth/ folders, fine-tuned from a model."""
     start = tmp_path / "start"
