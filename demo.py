@@ -10,7 +10,7 @@ internet. Drop or pick a picture, or take one with the webcam: the page shows th
 its depth side by side with a colour bar in metres, the scene as coloured 3-D points to turn
 with the mouse (the NYU camera's intrinsics scaled to the picture, editable), and the files
 evaluate.py --img writes for it: the 16-bit PNG in millimetres, the .npy in metres and the .ply.
-The Live tab streams the webcam continuously and shows each frame beside its depth (no mirror
+The Live tab streams the webcam continuously and shows its depth beside the live picture (no mirror
 averaging, one colour scale: the model's range), with the frames per second it achieves; with the
 light model (docs/models.md) that is live on a laptop's CPU. The Video tab takes a clip (up to
 MAX_VIDEO_MB and MAX_VIDEO_SECONDS, needs requirements-video.txt) and plays its depth beside it, as
@@ -299,22 +299,21 @@ def build_app(demo, title):
 
 def picture_input(gr, **kwargs):
     """gr.Image whose bad files (not a picture, damaged) are answered with the reason in one line, where
-    Gradio's own decoding would answer a bare 'Error'."""
+    Gradio's own decoding would answer a bare 'Error'. (Its preprocess is wrapped on the instance: a
+    subclass of a Gradio component makes Gradio write a .pyi stub beside this file.)"""
+    picture = gr.Image(**kwargs)
+    decode = picture.preprocess
 
-    class PictureInput(gr.Image):
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-                name = Path(getattr(payload, "orig_name", None) or "the file").name
-                reason = str(err).split(" '/")[0].split(" '")[0] or type(err).__name__
-                raise gr.Error(f"{name} is not a picture that can be read ({reason}).", print_exception=False) from err
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            name = Path(getattr(payload, "orig_name", None) or "the file").name
+            reason = str(err).split(" '/")[0].split(" '")[0] or type(err).__name__
+            raise gr.Error(f"{name} is not a picture that can be read ({reason}).", print_exception=False) from err
 
-        @classmethod
-        def get_block_name(cls):
-            return "image"  # drawn by the page as the Image it is
-
-    return PictureInput(**kwargs)
+    picture.preprocess = preprocess
+    return picture
 
 
 def picture_tab(gr, demo, fx0, fy0, cx0, cy0):
