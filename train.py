@@ -71,6 +71,7 @@ from tqdm import tqdm
 
 from data import DEPTH_SCALE_HELP, HELD_OUT_EVERY, TrainingOrder, collate_pairs
 from densedepth.depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE, DepthRange, target_to_depth_m
+from densedepth.encoders import DEFAULT_ENCODER, ENCODERS, LIGHT_ENCODER
 from densedepth.kitti import KITTI_GT_RANGE_M, KittiDataset, add_kitti_arguments
 from densedepth.nyu_sources import GROUND_TRUTHS
 from densedepth.protocol import evaluate_protocol
@@ -97,7 +98,6 @@ from densedepth.visualize import TrainingLog, preview_grid, preview_samples
 from densedepth.weights import describe, is_keras_file, load_weights
 from loss import SSIM_WINDOW, DepthLoss
 from metrics import DepthMetrics, format_table
-from densedepth.encoders import DEFAULT_ENCODER, ENCODERS, LIGHT_ENCODER
 from model import (
     DECODER_PADDINGS,
     DenseDepth,
@@ -753,7 +753,7 @@ def load_start(args, world):
     weights = load_weights(args.weights) if args.weights else None
     if weights is not None and is_keras_file(args.weights):
         print(describe(weights))
-    if checkpoint is None and weights is None and data_kind(args.data_dir) == KITTI_LIST:  # KITTI's range, as kitti.h5's
+    if checkpoint is None and weights is None and data_kind(args.data_dir) == KITTI_LIST:  # kitti.h5's range
         args.min_depth = KITTI_DEPTH_RANGE.min_m if args.min_depth is None else args.min_depth
         args.max_depth = KITTI_DEPTH_RANGE.max_m if args.max_depth is None else args.max_depth
     resolve_settings(args, checkpoint, weights)

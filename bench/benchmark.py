@@ -16,6 +16,9 @@ accuracy of the colorization beside nearest and linear interpolation on rendered
 Videos only (needs requirements-video.txt): frames per second at 640x480 and the share of the time
 the network is busy, for the quick start's model and the paper's, and the flicker of a still camera:
     python -m bench.benchmark --video
+The encoders side by side (bench/encoders.py, needs requirements-deploy.txt and -video.txt; about an hour
+and a half on 2 cores): size, speed at 320x240 and 640x480, training speed, delta1 after the same minutes:
+    python -m bench.benchmark --encoders [--encoder_names mobilenet_v3_large resnet50] [--minutes 4]
 
 The straightforward path is what a first port of DenseDepth does: fp32,
 contiguous memory, the mirror image as a second forward pass, the test arrays
@@ -109,7 +112,23 @@ def get_args_parser():
         "--video", action="store_true", help="only the video rows: frames/s, network busy share, flicker"
     )
     parser.add_argument(
+        "--long_video",
+        type=float,
+        metavar="MINUTES",
+        help="with --video: also a clip of MINUTES at 1080p through evaluate.py, its memory sampled as it goes "
+        "(peak, and after the first minute against the end: it must stay flat)",
+    )
+    parser.add_argument(
         "--fill", action="store_true", help="only fill_depth.py's rows: seconds a KITTI frame, accuracy on rooms"
+    )
+    parser.add_argument(
+        "--encoders",
+        action="store_true",
+        help="only the encoders' table (docs/models.md): size, CPU speed, training speed, delta1 after --minutes",
+    )
+    parser.add_argument("--encoder_names", nargs="+", help="with --encoders: these encoders only (default: all)")
+    parser.add_argument(
+        "--minutes", type=float, default=4, help="with --encoders: minutes of training from scratch for each delta1"
     )
     return parser
 
@@ -795,6 +814,65 @@ def case_video(device_name, checkpoint, clip, out_dir, batch_size=4):
             "flicker_m": flicker, "mean_depth_m": float(np.mean(depth)), "precision": precision_name(dtype)}  # fmt: skip
 
 
+def long_clip_1080p(path, minutes, rate=30):
+    """A 1920x1080 H.264 clip of `minutes`: four rendered rooms, each a second at a time, the camera
+    sliding a few pixels a frame (60 frames made once, then repeated: encoding is the cost)."""
+    import av
+
+    from rendering.scenes import render_scene
+
+    views = [render_scene(seed, 1, 0, 1, 1920, 1080)[1][0][0] for seed in range(4)]
+    frames = [np.roll(views[(index // 15) % 4], 4 * index, axis=1) for index in range(60)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "28"}
+        for index in range(int(minutes * 60 * rate)):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frames[index % len(frames)], format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def rss_mb(pid):
+    """A process's resident memory now, from /proc (Linux); None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+
+
+def case_long_video(minutes, out_dir):
+    """evaluate.py --img on a 1080p clip of `minutes` with the light model (random weights, trained size
+    240x320, batches of 8, no mirror): its resident memory every 2 s, the frames/s it reports."""
+    from densedepth.encoders import LIGHT_ENCODER
+    from model import model_config, variant_for
+
+    out_dir = Path(out_dir)
+    clip = long_clip_1080p(out_dir / f"clip_1080p_{minutes:g}min.mp4", minutes)
+    torch.manual_seed(0)
+    model = DenseDepth(encoder=LIGHT_ENCODER, variant=variant_for(LIGHT_ENCODER))
+    checkpoint = out_dir / "light.pth"
+    torch.save({"model": model.state_dict(), "config": model_config(model, (240, 320)), "args": {}}, checkpoint)
+    command = [sys.executable, str(ROOT / "evaluate.py"), "--model", str(checkpoint), "--img", str(clip),
+               "--output_dir", str(out_dir / "out"), "--no_flip", "--batch_size", "8"]  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    samples = []
+    while process.poll() is None:
+        memory = rss_mb(process.pid)
+        if memory is not None:
+            samples.append((time.perf_counter() - started, memory))
+        time.sleep(2)
+    output = process.stdout.read()
+    if process.returncode:
+        raise RuntimeError(f"evaluate.py failed on {clip}: {output[-500:]}")
+    after_a_minute = [memory for seconds, memory in samples if seconds >= 60] or [samples[-1][1]]
+    return {"frames_line": next(line for line in output.splitlines() if "frames/s" in line),
+            "peak_mb": max(memory for _, memory in samples), "at_one_minute_mb": after_a_minute[0],
+            "at_end_mb": samples[-1][1], "seconds": time.perf_counter() - started, "samples": samples}  # fmt: skip
+
+
 def run_video_cases(args, device):
     """The video rows: the quick start's model (if trained) and the paper's, on a still-camera clip."""
     out = Path(args.out_dir) / "video"
@@ -813,6 +891,14 @@ def run_video_cases(args, device):
             f"network busy {result['busy']:.0%} (goal >= 90%: {'met' if result['busy'] >= 0.9 else 'NOT met'}); "
             f"flicker on a still camera {result['flicker_m'] * 1000:.1f} mm a frame (mean depth "
             f"{result['mean_depth_m']:.2f} m)"
+        )
+    if args.long_video:
+        result = in_fresh_process(case_long_video, args.long_video, str(out))
+        results["long_video"] = result
+        lines.append(
+            f"a {args.long_video:g}-minute 1920x1080 clip through evaluate.py --img (the light model, batches of 8): "
+            f"peak resident memory {result['peak_mb']:.0f} MB; {result['at_one_minute_mb']:.0f} MB after a minute, "
+            f"{result['at_end_mb']:.0f} MB at the end; {result['frames_line'].split(': ', 1)[1]}"
         )
     return results, lines
 
@@ -951,10 +1037,28 @@ def format_deploy_report(machine, results, checkpoint):
     return "\n".join(lines)
 
 
+def run_encoders(args, machine):
+    """The encoders' table, printed, and saved as JSON and Markdown."""
+    from bench.encoders import format_encoder_report, run_encoder_cases
+    from densedepth.encoders import ENCODERS
+
+    names = args.encoder_names or list(ENCODERS)
+    results = run_encoder_cases(args, names, in_fresh_process)
+    report = format_encoder_report(machine, results, args.minutes)
+    print("\n" + report)
+    path = Path(args.out_dir) / "encoders.json"
+    write_bytes(path, json.dumps({"machine": machine, "results": results}, indent=2).encode())
+    write_bytes(path.with_suffix(".md"), (report + "\n").encode())
+    print(f"\nsaved to {path} and {path.with_suffix('.md')}")
+
+
 def main(args):
     device = choose_device(args.device)
     machine = machine_description(device)
     print("\n".join(machine), flush=True)
+    if args.encoders:
+        run_encoders(args, machine)
+        return
     only = {"kitti": run_kitti_cases, "video": run_video_cases, "fill": run_fill_cases}
     chosen = [name for name in only if getattr(args, name)]
     if chosen:

@@ -277,7 +277,8 @@ def pairs_test_set(args):
 def kitti_test_set(args):
     """A KITTI split list by KITTI's protocol: Garg's crop unless --crop says otherwise, ground truth
     1e-3 < d < 80 m; frames the list gives no ground truth (None) are counted and left out."""
-    dataset = KittiDataset(args.data, args.kitti_raw, args.kitti_depth, velodyne_depth=args.velodyne_depth or "velodyne")
+    velodyne_depth = args.velodyne_depth or "velodyne"
+    dataset = KittiDataset(args.data, args.kitti_raw, args.kitti_depth, velodyne_depth=velodyne_depth)
     crop_name = args.crop or "garg"
     where = f"{crop_name} crop" + (" of the full frame, predicted on the KB crop" if args.kb_crop else "")
     source = "annotated depth" if dataset.source == "annotated" else f"Velodyne ({dataset.velodyne_depth} depth)"

@@ -179,7 +179,7 @@ def test_the_webcam_streams_live_depth_in_a_real_browser(server, tmp_path):
         WebDriverWait(session, 60).until(lambda page: page.find_elements(By.CSS_SELECTOR, "button[role=tab]"))
         next(tab for tab in session.find_elements(By.CSS_SELECTOR, "button[role=tab]") if tab.text == "Live").click()
         WebDriverWait(session, 30).until(
-            lambda page: any("Webcam" in button.text for button in page.find_elements(By.CSS_SELECTOR, "#webcam button"))
+            lambda page: any("Webcam" in b.text for b in page.find_elements(By.CSS_SELECTOR, "#webcam button"))
         )
         next(button for button in session.find_elements(By.CSS_SELECTOR, "#webcam button") if "Webcam" in button.text
              ).click()  # fmt: skip
@@ -189,7 +189,8 @@ def test_the_webcam_streams_live_depth_in_a_real_browser(server, tmp_path):
         next(b for b in session.find_elements(By.CSS_SELECTOR, "#webcam button") if b.text == "Record").click()
 
         def frames_counted(page):
-            found = re.search(r"([\d.]+) frames/s \(over the last (\d+) frames\)", page.find_element(By.ID, "live_rate").text)
+            text = page.find_element(By.ID, "live_rate").text
+            found = re.search(r"([\d.]+) frames/s \(over the last (\d+) frames\)", text)
             return found and int(found.group(2)) >= 20 and found
 
         rate = WebDriverWait(session, 120).until(frames_counted)  # 20 frames and more: a stream, not a snapshot

@@ -197,7 +197,8 @@ def test_a_csv_of_absolute_or_parent_paths_is_filled_inside_the_output_folder(tm
     rows = [line.split(",") for line in relative_csv.read_text().splitlines()]
     (tmp_path / "lists").mkdir()
     absolute_csv = tmp_path / "lists" / "absolute.csv"
-    absolute_csv.write_text("".join(f"{relative_csv.parent / rgb},{relative_csv.parent / depth}\n" for rgb, depth in rows))
+    folder = relative_csv.parent
+    absolute_csv.write_text("".join(f"{folder / rgb},{folder / depth}\n" for rgb, depth in rows))
     parent_csv = tmp_path / "lists" / "parent.csv"
     parent_csv.write_text("".join(f"../data/{rgb},../data/{depth}\n" for rgb, depth in rows))
     originals = {path: path.read_bytes() for path in (tmp_path / "data").rglob("*.png")}
@@ -265,6 +266,7 @@ class RecordingPool:
     def __init__(self, processes, initializer=None, initargs=()):
         import pickle
 
+        self.threads = torch.get_num_threads()  # a worker's start sets one thread: not for this process after
         initializer(*[pickle.loads(pickle.dumps(arg)) for arg in initargs])  # what the worker would get, once
 
     def imap_unordered(self, function, items):
@@ -275,7 +277,7 @@ class RecordingPool:
             yield pickle.loads(pickle.dumps(function))(item)
 
     def terminate(self):
-        pass
+        torch.set_num_threads(self.threads)
 
 
 def test_the_pools_tasks_are_pair_indices_not_the_dataset(tmp_path, capsys, monkeypatch):

@@ -5,8 +5,8 @@ import torch
 
 from data import resize
 from densedepth.depth import depth_m_to_target, target_to_depth_m
-from densedepth.protocol import predict_depth_m
 from densedepth.encoders import WeightsUnavailableError
+from densedepth.protocol import predict_depth_m
 from model import DenseDepth, Variant, count_parameters
 
 
