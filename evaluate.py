@@ -543,6 +543,8 @@ def main(args):
     stills = [(path, name) for path, name in pictures if not is_video(path)]
     if videos:
         require_av()
+    if not Path(args.model).exists():  # the first thing named, so the first thing checked
+        raise UserError(f"checkpoint {args.model} does not exist")
     test_set = open_test_data(args) if args.data is not None else None  # its files checked before the model loads
     writable_dir(args.output_dir, "--output_dir")
     device = choose_device(args.device)
