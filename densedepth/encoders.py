@@ -102,8 +102,11 @@ class DenseNetEncoder(nn.Sequential):
 
     def __init__(self, features):
         super().__init__(OrderedDict(features.named_children()))
+        was_training = self.training
+        self.eval()  # a probe in training mode would move every BatchNorm's ImageNet statistics
         with torch.no_grad():
             self.channels = [feature.shape[1] for feature in self(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))]
+        self.train(was_training)
 
     def forward(self, x):
         features = []

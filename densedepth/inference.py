@@ -45,7 +45,7 @@ def fold_batchnorms(model):
     convolution folded into that convolution's weights, by torch.fx's conv-BN fusion on the encoder's
     traced graph. The same depth to rounding, one pass less over each feature map and, under bf16
     autocast, no fp32 round trip between the convolutions (MobileNet, EfficientNet, ResNet). DenseNets
-    normalise before they convolve: nothing to fold there."""
+    normalise before they convolve: only their first convolution's BatchNorm folds."""
     body = getattr(model.encoder, "body", None)
     if isinstance(body, torch.fx.GraphModule):  # the pairs the trace sees (ResNet's)
         model.encoder.body = fuse(body.eval(), inplace=True, no_trace=True)
