@@ -46,7 +46,7 @@ MAX_PIXELS = 40_000_000  # a bigger picture is refused in the page, not fed to t
 MAX_CLOUD_POINTS = 150_000  # the viewer's points; the .ply keeps every pixel
 MAX_VIDEO_MB, MAX_VIDEO_SECONDS = 100, 60  # a longer or bigger clip is refused in the page
 LIVE_EVERY_S = 0.01  # how often the page looks for a new webcam frame to send; it sends none while one is on its way
-# What the page asks the camera for: VGA, which the light model's trained size divides, rather than whatever the
+# What the page asks the camera for: 320x240, the light model's trained size, rather than whatever the
 # camera's largest is (a 1920x1440 frame costs more to send, decode and colour than to predict).
 LIVE_CAMERA = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}
 

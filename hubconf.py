@@ -27,11 +27,11 @@ def densedepth(weights=None, metres=False, dataset=None, encoder="densenet169"):
     at their size. dataset ('nyu' or 'kitti') names an .h5's depth range when its name does not."""
     from densedepth.deploy import DepthInMetres
     from densedepth.weights import load_weights
-    from model import DenseDepth, model_from_checkpoint
+    from model import DenseDepth, model_from_checkpoint, variant_for
 
     if weights is None:
-        model = DenseDepth(encoder=encoder)
-    else:
+        model = DenseDepth(encoder=encoder, variant=variant_for(encoder))  # as train.py builds it
+    else:  # the checkpoint records its encoder
         path = _local_copy(str(weights))
         model = model_from_checkpoint(load_weights(path, dataset), path)
     model.eval()

@@ -200,6 +200,7 @@ def velodyne_depth_m(points, projection, depth="velodyne"):
     return np.maximum(depth_m, 0).reshape(height, width).astype(np.float32)
 
 
+# pragma: no mutate start (outside mutation testing: writers of generated data, the dataset's file look-ups and the flags)
 def write_calibration(path, values, calib_time="09-Jan-2012 13:57:47"):
     """Write a KITTI calibration file: `calib_time: ...`, then a `key: numbers` line for each of
     `values` ({key: array}), numbers as KITTI writes them (%e)."""
@@ -223,9 +224,10 @@ class KittiDataset(PairDataset):
     """The frames of a split list, from --kitti_raw, with ground truth from --kitti_depth's annotated
     PNGs or else projected from the Velodyne.
 
-    Items as data.PairDataset's, depth 0 where nothing was measured. Frames without ground
-    truth (None in a BTS list, or no annotated PNG) are left out and counted in `num_without_gt`.
-    Every file a kept frame needs is checked to be there when the list is read.
+    Items as data.PairDataset's, depth 0 where nothing was measured. Frames without ground truth
+    (None in a BTS list; with --kitti_depth, a frame of monodepth2's lists that the benchmark did
+    not annotate, in a drive it did) are left out and counted in `num_without_gt`. Every file a kept
+    frame needs is checked to be there when the list is read.
     """
 
     own_data = True  # sparse: invalid depth is masked, as in datasets of one's own
@@ -246,9 +248,12 @@ class KittiDataset(PairDataset):
         self.drive_roots = self._find_drives(listed)
         # Only the list's own None means "no ground truth"; a file it names that is not there is an error.
         kept = [frame for frame in listed if self.source == "velodyne" or not frame.no_depth]
+        self.num_unannotated = 0
+        if self.source == "annotated":
+            kept = self._annotated_frames(kept)
         self.num_without_gt = len(listed) - len(kept)
         if not kept:
-            raise UserError(f"{flag} {list_path}: none of its {len(listed)} frames has ground truth (each is None)")
+            raise UserError(f"{flag} {list_path}: none of its {len(listed)} frames has ground truth")
         self.frames = kept
         self.depth_files = self._ground_truth_files(kept)
         self.images = [self._image_file(frame) for frame in self.frames]
@@ -277,6 +282,15 @@ class KittiDataset(PairDataset):
                             f"{self.list_path} (looked for {drives[0]} in it, in train/ and in val/)")  # fmt: skip
         return roots
 
+    def _annotated_frames(self, frames):
+        """`frames` less those of monodepth2's lists (which name no ground-truth file) that KITTI did not
+        annotate in a drive --kitti_depth holds (each drive's first and last frames), counted in
+        num_unannotated. A drive it does not hold is left to _ground_truth_files' error."""
+        kept = [frame for frame in frames
+                if frame.depth_name or frame.drive not in self.drive_roots or self._depth_file(frame).is_file()]  # fmt: skip
+        self.num_unannotated = len(frames) - len(kept)
+        return kept
+
     def _ground_truth_files(self, frames):
         """The ground truth's file of each frame (the annotated PNG, or the Velodyne scan); stops naming
         the first that is not there and how many are missing."""
@@ -287,13 +301,10 @@ class KittiDataset(PairDataset):
         if self.source == "velodyne":
             raise UserError(f"Velodyne scan {missing[0]} does not exist (listed in {self.list_path}; "
                             f"{len(missing)} of its {len(paths)} scans are missing)")  # fmt: skip
-        hint = ("; monodepth2's eigen list names frames the benchmark did not annotate: use its eigen_benchmark "
-                "list with --kitti_depth, or leave --kitti_depth out to score on the Velodyne"
-                if frames[0].depth_name == "" else "")  # fmt: skip
         raise UserError(
             f"{len(missing)} of the {len(paths)} ground-truth files of {self.list_path} are not under --kitti_depth "
             f"{self.annotated} (nor its train/ or val/), the first: {missing[0]}; data_depth_annotated has both "
-            f"train/ and val/ (BTS merges them){hint}"
+            "train/ and val/ (BTS merges them)"
         )
 
     def _depth_file(self, frame):
@@ -307,6 +318,9 @@ class KittiDataset(PairDataset):
 
     def describe_without_gt(self):
         """'45 of its 697 frames have no ground truth (None in the list)', for the screen."""
+        if self.num_unannotated:
+            return (f"{self.num_without_gt} of its {self.num_listed} frames have no ground truth (not annotated by "
+                    "KITTI's depth benchmark)")  # fmt: skip
         return f"{self.num_without_gt} of its {self.num_listed} frames have no ground truth (None in the list)"
 
     def _image_file(self, frame):
@@ -398,3 +412,6 @@ def open_kitti_sets(list_path, val_list, kitti_raw, kitti_depth, velodyne_depth,
     val_set = train_set.subset(held)
     val_set.augment = False
     return train_set.subset(kept), val_set
+
+
+# pragma: no mutate end

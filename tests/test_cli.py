@@ -185,6 +185,7 @@ def test_predict_a_picture_at_its_own_size(trained, tmp_path):
     [
         ("evaluate.py", ["--model", "missing.pth", "--data", "a.zip", "--img", "b.png"], "exactly one of --data"),
         ("evaluate.py", ["--model", "missing.pth", "--data", "a.zip"], "missing.pth does not exist"),
+        ("evaluate.py", ["--model", "missing.pth", "--data", "list.txt"], "--data list.txt does not exist"),
         (
             "train.py",
             ["--data_dir", "nowhere.zip", "--batch_size", 2, "--checkpoint_dir", "x", "--epochs", 1],
