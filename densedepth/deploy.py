@@ -82,21 +82,21 @@ def example_input(size, uint8_input, batch=1, seed=0):
 
 
 def export_onnx(module, path, example, meta):
-    """ONNX (opset 18) with dynamic batch, height and width, through torch.export."""
+    """ONNX (opset 18) with dynamic batch, height and width, through torch.export; where torch.export
+    cannot keep the sizes dynamic (ConvNeXt's channels-last LayerNorm makes it specialise them), through
+    the TorchScript-based exporter, which traces them as functions of the input's."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     height = torch.export.Dim("height", min=32, max=8192)
     width = torch.export.Dim("width", min=32, max=8192)
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        dynamo=True,
-        opset_version=18,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes={"image": {0: batch, 2: height, 3: width}},
-        verbose=False,
-    )
+    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": 18, "verbose": False}
+    try:
+        torch.onnx.export(module, (example,), str(path), dynamo=True,
+                          dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, **names)  # fmt: skip
+    except Exception:  # noqa: BLE001 (torch.onnx wraps torch.export's constraint errors in its own types)
+        print("torch.export would fix the input's size for this encoder: exported by tracing instead")
+        sizes = {0: "batch", 2: "height", 3: "width"}
+        torch.onnx.export(module, (example,), str(path), dynamo=False,
+                          dynamic_axes={INPUT_NAME: sizes, OUTPUT_NAME: sizes}, **names)  # fmt: skip
     onnx = _import("onnx")
     graph = onnx.load(str(path))
     del graph.metadata_props[:]
@@ -362,8 +362,10 @@ def too_little_work(model, dtype, work, input_size):
         seconds = seconds_per_batch(model, batch, repeats=1) * work.count
     if seconds >= INT8_MIN_WORK_SECONDS:
         return None
-    return (f"{work.count} pictures take about {seconds / 60:.1f} min in {precision_name(dtype)}, too little to pay "
-            f"for quantising and compiling (3.5 to 6.5 min; tried from {INT8_MIN_WORK_SECONDS // 60} min of work)")
+    return (
+        f"{work.count} pictures take about {seconds / 60:.1f} min in {precision_name(dtype)}, too little to pay "
+        f"for quantising and compiling (3.5 to 6.5 min; tried from {INT8_MIN_WORK_SECONDS // 60} min of work)"
+    )
 
 
 def choose_int8(model, dtype, precision, calibration, check):

@@ -15,7 +15,8 @@ from PIL import Image
 import evaluate
 import export
 from densedepth.deploy import DepthInMetres, example_input, load_torchscript_metadata
-from model import DenseDepth, Variant, model_config, model_from_checkpoint
+from densedepth.encoders import LIGHT_ENCODER
+from model import DenseDepth, Variant, model_config, model_from_checkpoint, variant_for
 from utils import load_checkpoint
 
 ort = pytest.importorskip("onnxruntime", reason="the deployment extras: pip install -r requirements-deploy.txt")
@@ -51,6 +52,28 @@ def test_onnxruntime_gives_pytorchs_depth_at_any_size(exported, tiny_checkpoint,
     expected = reference(tiny_checkpoint, pictures)
     assert depth_m.shape == (3, 1, *size)
     assert np.abs(depth_m - expected).max() <= 1e-4 * np.abs(expected).max()
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", [LIGHT_ENCODER, "convnext_tiny"])
+def test_other_encoders_export_to_onnx_with_pytorchs_depth(encoder, tmp_path):
+    """The light model (BatchNorms folded on export) and ConvNeXt (LayerNorm, the picture as its stride-2
+    skip) through export.py: onnxruntime's depth is PyTorch's to 1e-4, at a size no multiple of 32."""
+    torch.manual_seed(0)
+    model = DenseDepth(0.125, encoder=encoder, variant=variant_for(encoder)).eval()
+    with torch.no_grad():  # depth that varies over the picture (random weights alone give the 10 m cap)
+        model.head.weight.mul_(50)
+        model.head.bias.fill_(20.0)
+    path = tmp_path / f"{encoder}.pth"
+    torch.save({"model": model.state_dict(), "config": model_config(model, (64, 64)), "args": {}}, path)
+    argv = ["--model", path, "--format", "onnx", "--output", path.with_suffix(".onnx")]
+    export.main(export.get_args_parser().parse_args([str(arg) for arg in argv]))
+    session = ort.InferenceSession(str(path.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
+    pictures = example_input(SIZES[1], uint8_input=True, batch=2, seed=4)
+    (depth_m,) = session.run(["depth_m"], {"image": pictures.numpy()})
+    expected = reference(path, pictures)
+    assert depth_m.shape == (2, 1, *SIZES[1]) and expected.std() > 0
+    assert np.abs(depth_m - expected).max() <= 1e-4 * np.abs(expected).max()
+
 
 @pytest.mark.slow
 def test_a_replicate_padded_decoder_exports_to_onnx(tmp_path):
