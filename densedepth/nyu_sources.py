@@ -90,7 +90,7 @@ class LabeledMat:
         """Picture `index` (0-based) as a (480, 640, 3) uint8 array, upright."""
         return np.ascontiguousarray(self._open()["images"][index].transpose(2, 1, 0))
 
-    def depth_m(self, index, ground_truth="filled"):
+    def depth_m(self, index, ground_truth):
         """Depth of picture `index` in metres, (480, 640) float32: 'filled' or 'raw' (0 where missing)."""
         return np.ascontiguousarray(self._open()[_MAT_ARRAYS[ground_truth]][index].T).astype(np.float32)
 
@@ -123,6 +123,7 @@ def read_splits(path, count, flag="--splits"):
     return tuple(splits)
 
 
+# pragma: no mutate start (outside mutation testing: writers of generated data)
 def write_labeled_mat(path, pictures, depths_m, raw_depths_m):
     """Write a labeled dataset as MATLAB v7.3 saves one: HDF5 after a 512-byte MATLAB header, every
     array transposed (images (N, 3, W, H) uint8, depths and rawDepths (N, W, H) float32 metres), from
@@ -146,6 +147,9 @@ def write_splits(path, train_indices, test_indices):
         return np.asarray(indices, dtype=np.uint16).reshape(-1, 1)
 
     savemat(path, {"trainNdxs": column(train_indices), "testNdxs": column(test_indices)})
+
+
+# pragma: no mutate end
 
 
 class LabeledDataset(PairDataset):
@@ -213,6 +217,7 @@ def read_bts_nyu_list(path, data_root, flag):
     return pairs, focals
 
 
+# pragma: no mutate start (outside mutation testing: the wiring of the sources to training sets)
 def open_labeled_sets(data_dir, splits, ground_truth):
     """(training set, validation set) of the labeled .mat: its trainNdxs train, its testNdxs validate."""
     if splits is None:
@@ -235,3 +240,6 @@ def open_bts_sets(data_dir, val_data, data_root, val_data_root, held_out_every):
         pairs, val_pairs = hold_out(pairs, held_out_every)
     val_set = NYUDepthDataset(DirectoryArchive(root), val_pairs, False, BTS_DEPTH_SCALE)
     return NYUDepthDataset(DirectoryArchive(data_root), pairs, True, BTS_DEPTH_SCALE), val_set
+
+
+# pragma: no mutate end

@@ -1,5 +1,9 @@
 """Shared fixtures: tiny NYU-format zips rendered by the project's own generator."""
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 from helpers import TINY_SIZE, tiny_train_argv
 
@@ -15,6 +19,15 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under mutmut (docs/testing.md#mutation-testing), a mutant's tests run fastest first: its run stops
+    at the first test that fails (-x), so a unit test that catches the change spares the slow ones."""
+    stats = Path("mutmut-stats.json")  # mutmut runs the tests inside its mutants/ folder
+    if "MUTANT_UNDER_TEST" in os.environ and stats.is_file():
+        seconds = json.loads(stats.read_text())["duration_by_test"]
+        items.sort(key=lambda item: seconds.get(item.nodeid, 0.0))
 
 
 @pytest.fixture(scope="session")

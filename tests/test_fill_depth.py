@@ -45,15 +45,19 @@ def test_the_equations_are_the_toolboxs_and_the_solve_is_exact():
     rng = np.random.default_rng(0)
     gray = rng.random((6, 7))
     gray[:, 3:] = 0.5  # a flat patch: the 2e-6 floor and the min-difference rule both matter
+    gray[:3, :3] = [[0.1, 0.15, 0.1], [0.12, 0.9, 0.1], [0.1, 0.1, 0.14]]  # unlike its neighbours: csig from
+    # their least difference
     known = rng.random((6, 7)) < 0.3
     np.testing.assert_allclose(colorization_system(gray, known).toarray(), matlab_system(gray, known), atol=1e-12)
-    depth_m = np.where(known, rng.uniform(2, 40, known.shape), 0)
+    depth_m = np.where(known, rng.uniform(0.2, 40, known.shape), np.nan)  # NaN: not measured, as 0 is
     rgb = np.repeat((gray * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
-    filled = fill_depth_colorization(rgb, depth_m)
+    rgb[2, 5, 0] += 1  # one red level in the flat patch: a grey step of 0.0012, near the 2e-6 floor once squared
+    filled = fill_depth_colorization(rgb, depth_m, alpha=0.5)
     gray_used = rgb.astype(np.float64) @ fill.RGB2GRAY / 255
-    largest = depth_m[known].max()
-    dense = np.linalg.solve(matlab_system(gray_used, known), known.ravel() * depth_m.ravel() / largest) * largest
-    np.testing.assert_allclose(filled.ravel(), dense, rtol=1e-9)
+    measured = np.nan_to_num(depth_m)
+    largest = measured.max()
+    dense = np.linalg.solve(matlab_system(gray_used, known, alpha=0.5), 0.5 * known.ravel() * measured.ravel() / largest)
+    np.testing.assert_allclose(filled.ravel(), dense * largest, rtol=1e-9)
 
 
 def test_the_grey_values_are_matlabs_rgb2gray():
@@ -93,17 +97,23 @@ def test_constant_depth_stays_constant_and_nothing_measured_is_refused():
 def test_linear_is_exact_on_a_plane_inside_the_hull_and_filled_outside():
     rng = np.random.default_rng(3)
     rows, cols = np.indices((30, 40), dtype=np.float64)
-    plane = 5 + 0.2 * rows + 0.05 * cols
+    plane = 0.1 + 0.02 * rows + 0.01 * cols  # measured: 0.34 m to 1.05 m (under a metre is measured too)
     sparse = np.zeros_like(plane)
     sparse[12::4, ::3] = plane[12::4, ::3]  # scan lines from 12 rows down: nothing above
     rgb = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    filled = fill.fill_depth_linear(rgb, sparse)
+    sparse[0, 0] = np.nan  # not measured, as 0 is
+    filled = fill.fill_depth_linear(rgb, sparse, alpha=0.5)
     hull = slice(12, 29), slice(0, 40)
     np.testing.assert_allclose(filled[hull], plane[hull], rtol=1e-9)
-    assert np.isfinite(filled).all() and (filled[:12] > 0).all()
+    hull_depth = np.zeros_like(plane)
+    hull_depth[hull] = plane[hull]  # outside the hull: the colorization of the hull's pixels
+    np.testing.assert_allclose(filled[:12], fill_depth_colorization(rgb, hull_depth, alpha=0.5)[:12], rtol=1e-9)
     one_line = np.zeros_like(plane)
     one_line[20, ::3] = 7.0  # collinear: no triangle, so the colorization alone
-    np.testing.assert_allclose(fill.fill_depth_linear(rgb, one_line), fill_depth_colorization(rgb, one_line))
+    np.testing.assert_allclose(fill.fill_depth_linear(rgb, one_line, alpha=0.5),
+                               fill_depth_colorization(rgb, one_line, alpha=0.5))  # fmt: skip
+    with pytest.raises(ValueError, match="^has no measured pixel$"):
+        fill.fill_depth_linear(rgb, np.zeros_like(plane))
 
 
 def test_method_linear_from_the_command_line(tmp_path, capsys):

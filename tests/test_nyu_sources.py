@@ -3,6 +3,8 @@ splits.mat, and BTS's lists; orientation, split indices, both ground truths and 
 read three ways giving one answer, training, and the bad inputs."""
 
 import json
+import os
+import pickle
 import zipfile
 
 import h5py
@@ -13,7 +15,7 @@ from PIL import Image
 
 import evaluate
 import train
-from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, encode_depth_file, write_npy_member
+from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, DecodeError, encode_depth_file, write_npy_member
 from densedepth import nyu_sources
 from densedepth.nyu_sources import LabeledDataset, LabeledMat, read_splits, write_labeled_mat, write_splits
 from densedepth.protocol import crop_box
@@ -81,6 +83,19 @@ def test_pictures_come_out_upright_and_unmirrored(sources):
         np.testing.assert_array_equal(picture, sources["pictures"][index])
         np.testing.assert_array_equal(mat.depth_m(index, "filled"), sources["filled"][index])
         np.testing.assert_array_equal(mat.depth_m(index, "raw"), sources["raw"][index])
+        assert mat.depth_m(index, "raw").dtype == np.float32 and picture.dtype == np.uint8
+    copy = pickle.loads(pickle.dumps(mat))  # as a spawned worker gets it: no handle, opened there
+    assert copy._file is None and copy._pid is None
+    np.testing.assert_array_equal(copy.picture(4), sources["pictures"][4])
+    copy._file.close()
+    mat._file.close()
+
+
+def test_a_picture_that_cannot_be_read_is_named(sources, monkeypatch):
+    dataset = LabeledDataset(LabeledMat(sources["mat"], "--data"), [1, 3], "raw")
+    monkeypatch.setattr(LabeledMat, "picture", lambda self, index: (_ for _ in ()).throw(OSError("truncated")))
+    with pytest.raises(DecodeError, match=r"^nyu_depth_v2_labeled\.mat:images\[3\] could not be read \(truncated\)$"):
+        dataset.load_pair(1)
 
 
 def test_split_indices_are_one_based(sources):
@@ -191,7 +206,7 @@ def test_bts_protocol_on_a_zip_of_filled_depth_is_refused(sources, varied_checkp
     assert report["crop"] == "eigen_bts" and report["ground_truth"] == "filled" and "protocol" not in report
 
 
-def test_the_labeled_mat_is_opened_by_each_process_itself(sources):
+def test_the_labeled_mat_is_opened_by_each_process_itself(sources, monkeypatch):
     """No HDF5 handle is left open by the checks, for a forked DataLoader worker to inherit; workers read
     the pictures with handles of their own."""
     import h5py
@@ -205,6 +220,14 @@ def test_the_labeled_mat_is_opened_by_each_process_itself(sources):
         np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), sources["pictures"][index])
         np.testing.assert_array_equal(depth_m[0].numpy(), sources["raw"][index])
     assert h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE) == open_files
+    image, depth_m = dataset.load_pair(2)  # in this process too
+    np.testing.assert_array_equal(depth_m[0].numpy(), sources["raw"][5])
+    handle = dataset.mat._open()
+    assert dataset.mat._open() is handle  # opened once a process
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as a worker forked after a read sees it: a handle of its own
+    worker_handle = dataset.mat._open()
+    assert worker_handle is not handle
+    handle.close(), worker_handle.close()
 
 
 class CountingPair(tuple):
