@@ -53,8 +53,10 @@ from densedepth.nyu_sources import GROUND_TRUTHS
 from densedepth.protocol import CROPS, NYU_PROTOCOLS, crop, evaluate_protocol, predict_depth_m, resolve_crop
 from densedepth.sources import (
     EVALUATE_FLAGS,
+    ZIP,
     check_data_flags,
     check_evaluation_flags,
+    data_kind,
     open_test_data,
     runs_of_one_size,
 )
@@ -543,8 +545,8 @@ def main(args):
     stills = [(path, name) for path, name in pictures if not is_video(path)]
     if videos:
         require_av()
-    if not Path(args.model).exists():  # the first thing named, so the first thing checked
-        raise UserError(f"checkpoint {args.model} does not exist")
+    if args.data is not None and data_kind(args.data) == ZIP and not Path(args.model).exists():
+        raise UserError(f"checkpoint {args.model} does not exist")  # a test zip is checked after the model, as ever
     test_set = open_test_data(args) if args.data is not None else None  # its files checked before the model loads
     writable_dir(args.output_dir, "--output_dir")
     device = choose_device(args.device)
