@@ -342,7 +342,8 @@ class PairDataset(Dataset):
 
     With `measured_up_to_m` set (training on sparse depth: datasets of one's own, KITTI, raw NYU), a
     pair with no measured depth in 0 < d <= measured_up_to_m is a FailedSample too: it would give the
-    loss nothing to learn from, and is skipped and reported as a pair that does not load."""
+    loss nothing to learn from, and is skipped and reported as a pair that does not load, though not
+    counted against --max_bad_fraction (sparse data has such pictures; they are not damage)."""
 
     measured_up_to_m = None
 
@@ -356,7 +357,8 @@ class PairDataset(Dataset):
         except DecodeError as err:
             return FailedSample(self.pairs[index], str(err))
         if self.measured_up_to_m is not None and not has_measured_depth(depth_m, self.measured_up_to_m):
-            return FailedSample(self.pairs[index], f"has no measured depth in 0 < d <= {self.measured_up_to_m:g} m")
+            reason = f"has no measured depth in 0 < d <= {self.measured_up_to_m:g} m"
+            return FailedSample(self.pairs[index], reason, unreadable=False)
         if self.augment:
             generator = None if augment_seed is None else torch.Generator().manual_seed(augment_seed)
             image, depth_m = augment(image, depth_m, generator)
@@ -414,10 +416,11 @@ class NYUDepthDataset(PairDataset):
 
 
 class FailedSample(NamedTuple):
-    """A pair that could not be loaded, and why."""
+    """A pair that could not be loaded (or loaded with nothing to learn from: not `unreadable`), and why."""
 
     names: tuple
     reason: str
+    unreadable: bool = True  # what --max_bad_fraction counts
 
 
 def collate_pairs(samples):

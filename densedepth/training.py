@@ -112,7 +112,8 @@ class Progress:
 
 
 class SkippedSamples:
-    """Pairs of a split that failed to load: each reported once, the run stopped past a share of the split."""
+    """Pairs of a split that were skipped, each reported once; the run stopped when those that failed to
+    load (not those with nothing measured) pass a share of the split."""
 
     def __init__(self, split, num_pairs, max_fraction):
         self.split = split
@@ -124,13 +125,13 @@ class SkippedSamples:
     def add(self, failures):
         for failure in failures:
             if failure.names not in self.failed:
-                self.failed[failure.names] = failure.reason
+                self.failed[failure.names] = failure
                 tqdm.write(f"skipped {self.split} pair {failure.names[0]}: {failure.reason}")
-        if len(self.failed) > self.limit:
+        unreadable = [failure.reason for failure in self.failed.values() if failure.unreadable]
+        if len(unreadable) > self.limit:
             raise SharedError(
-                f"{len(self.failed)} of the {self.num_pairs} {self.split} pairs failed to load, more than "
-                f"--max_bad_fraction {self.max_fraction} allows ({self.limit}); the first: "
-                f"{next(iter(self.failed.values()))}"
+                f"{len(unreadable)} of the {self.num_pairs} {self.split} pairs failed to load, more than "
+                f"--max_bad_fraction {self.max_fraction} allows ({self.limit}); the first: {unreadable[0]}"
             )
 
 
