@@ -677,12 +677,13 @@ class EigenTestZip:
     def __len__(self):
         return self.rgb_shape[0]
 
-    def first_depth_has_holes(self):
-        """Whether the first picture's depth has pixels without a measurement (not finite, or <= 0): raw
-        depth does (the Kinect's shadows, its empty border); the filled depth of nyu_test.zip does not."""
+    def depth_has_holes(self, count=8):
+        """Whether the depth of the first `count` pictures has pixels without a measurement (not finite,
+        or <= 0): raw depth does (the Kinect's shadows, its empty border); the filled depth of
+        nyu_test.zip does not."""
         if len(self) == 0:
             return False
-        batches = self.batches(1)
+        batches = self.batches(count)
         _, depth_m = next(batches)
         batches.close()
         return not bool((np.isfinite(depth_m) & (depth_m > 0)).all())

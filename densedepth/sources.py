@@ -250,7 +250,7 @@ def zip_test_set(args):
     called raw if it has holes (pixels without depth), else filled: nyu_test.zip's depth is filled,
     so BTS's protocol, which scores raw depth, is refused on it."""
     test_set = EigenTestZip(args.data)
-    ground_truth = "raw" if test_set.first_depth_has_holes() else "filled"
+    ground_truth = "raw" if test_set.depth_has_holes() else "filled"
     if args.protocol == "bts" and ground_truth == "filled":
         raise UserError(
             f"--protocol bts scores raw depth, which has holes; {args.data} holds filled depth (none in its first "
