@@ -132,7 +132,7 @@ class Projection:
     size: tuple
 
 
-def camera_projection(date_dir, camera=2):
+def camera_projection(date_dir, camera):
     """The Projection of camera `camera` from DATE/calib_cam_to_cam.txt and calib_velo_to_cam.txt,
     each checked for the entries used (a missing file or entry stops with its name)."""
     cam_to_cam = _calibration(Path(date_dir) / "calib_cam_to_cam.txt", (f"P_rect_0{camera}", "R_rect_00",

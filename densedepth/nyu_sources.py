@@ -105,10 +105,11 @@ def read_splits(path, count, flag="--splits"):
         raise UserError(f"{flag} {path} is a MATLAB v7.3 (HDF5) file; splits.mat is MATLAB v5 (the labeled dataset "
                         "itself goes to --data / --data_dir)")  # fmt: skip
     from scipy.io import loadmat  # scipy reads MATLAB v5 files, which h5py cannot
+    from scipy.io.matlab import MatReadError
 
     try:
         contents = loadmat(path)
-    except (ValueError, TypeError, OSError, NotImplementedError) as err:
+    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError) as err:
         raise UserError(f"{flag} {path} is not a MATLAB .mat file that can be read ({err})") from err
     splits = []
     for key in ("trainNdxs", "testNdxs"):

@@ -27,10 +27,18 @@ from PIL import Image
 import evaluate
 import train
 from densedepth.depth import KITTI_DEPTH_RANGE
-from densedepth.kitti import KittiDataset, camera_projection, read_split_list, read_velodyne, velodyne_depth_m
+from densedepth.kitti import (
+    KittiDataset,
+    camera_projection,
+    read_calibration_file,
+    read_split_list,
+    read_velodyne,
+    velodyne_depth_m,
+)
 from densedepth.protocol import crop_box, kb_crop_box
-from densedepth.sources import KITTI_LIST, data_kind
+from densedepth.sources import KITTI_LIST, data_kind, kb_cropped
 from model import DenseDepth, settings_config
+from utils import UserError
 
 NUM_FRAMES = sum(len(frames) for frames in DRIVES.values()) + 1  # and the right picture of one frame
 
@@ -139,16 +147,32 @@ def test_projection_matches_monodepth2_inside_the_crops(tmp_path, camera, depth)
         assert not np.allclose(got, velodyne_depth_m(points, projection, "velodyne"))
 
 
+def test_a_calibration_file_is_read_past_lines_it_cannot_use(tmp_path):
+    """Blank lines, a line without a colon and a calib_time that is not UTF-8 are passed over, not the end."""
+    path = tmp_path / "calib_velo_to_cam.txt"
+    path.write_bytes(b"calib_time: 15-Mar-2012 11:37:16 \xe9t\xe9\n\nnotes without a colon\nR: 1 0 0 0 1 0 0 0 1\n"
+                     b"T: -0.004 -0.076 -0.27\n")  # fmt: skip
+    values = read_calibration_file(path)
+    assert sorted(values) == ["R", "T"]
+    np.testing.assert_array_equal(values["T"], [-0.004, -0.076, -0.27])
+    assert values["R"].dtype == np.float64 and values["R"].sum() == 3
+
+
 def test_points_behind_outside_or_sharing_a_pixel(tmp_path):
     write_calibration_files(tmp_path)
     projection = camera_projection(tmp_path, 2)
     near, far = points_landing_at([300, 300], [600, 600], [10.0, 30.0])
     (edge,) = points_landing_at([374], [1241], [20.0])  # the last row and column
-    behind = -near
+    (top,) = points_landing_at([0], [700], [15.0])  # the first row
+    (close,) = points_landing_at([200], [400], [0.5])  # half a metre ahead: in front, so projected
+    at_zero, shadowed = points_landing_at([250, 250], [500, 500], [0.0, 12.0])  # x = 0 is kept, as monodepth2
+    behind = -near  # keeps it: nearest on its pixel, it leaves depth 0 there
     outside = near * [1, 50, 1, 1]  # far to the side
-    got = velodyne_depth_m(np.stack([far, near, edge, behind, outside]).astype(np.float32), projection)
+    points = np.stack([far, near, edge, top, close, shadowed, at_zero, behind, outside]).astype(np.float32)
+    got = velodyne_depth_m(points, projection)
     assert got[300, 600] == pytest.approx(10.0) and got[374, 1241] == pytest.approx(20.0)
-    assert (got > 0).sum() == 2
+    assert got[0, 700] == pytest.approx(15.0) and got[200, 400] == pytest.approx(0.5) and got[250, 500] == 0
+    assert (got > 0).sum() == 4 and got.dtype == np.float32
 
 
 # ----------------------------------------------------------------------------- the dataset and its counts
@@ -276,6 +300,12 @@ def test_kb_crop_predicts_on_the_benchmark_crop_and_scores_in_the_full_frame(tre
     """Garg's crop lies inside the benchmark crop, so the same pixels are scored with and without --kb_crop:
     the pixels outside Garg's crop are not counted as left out."""
     assert kb_crop_box(*KITTI_SIZE) == (23, 374, 13, 1228)
+    assert kb_crop_box(352, 1216) == (0, 351, 0, 1215)  # a frame of the crop's own size is its own crop
+    for height, width in ((351, 1216), (352, 1215)):
+        with pytest.raises(ValueError, match=f"^a {width}x{height} frame is smaller than the benchmark crop's 1216x352$"):
+            kb_crop_box(height, width)
+    with pytest.raises(UserError, match="^--kb_crop: a 1215x352 frame is smaller than"):
+        next(kb_cropped([(torch.zeros(1, 3, 352, 1215), torch.zeros(1, 1, 352, 1215))], "garg"))
     top, _, left, right = crop_box("garg", *KITTI_SIZE)
     assert top >= 23 and left >= 13 and right <= 1228
     reports = {}

@@ -3,7 +3,7 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from loss import DepthLoss, gradient_loss, image_gradients, ssim
+from loss import DepthLoss, gradient_loss, image_gradients, masked_gradient_loss, masked_ssim, ssim
 
 
 def numpy_ssim(x, y, value_range, size=11, sigma=1.5):
@@ -135,3 +135,33 @@ def test_a_picture_with_nothing_measured_adds_nothing_and_no_nan_to_the_gradient
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     torch.testing.assert_close(pred.grad[others], kept.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_ssim_of_flat_pictures_is_its_luminance_term_by_hand():
+    """Two flat pictures, 0.4 and 0.8 with a value range of 2, have no contrast: SSIM is
+    (2 mx my + c1) / (mx^2 + my^2 + c1) with c1 = (0.01 L)^2 = 4e-4, that is 0.6404 / 0.8004. The masked
+    SSIM gives the same under any scale of the weights (even summing to less than 1), and both work in
+    float64 as in float32 (whose flat variances are rounding noise: 1e-5)."""
+    expected = (2 * 0.4 * 0.8 + 4e-4) / (0.4**2 + 0.8**2 + 4e-4)
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.float64, 1e-9)):
+        x = torch.full((2, 1, 16, 16), 0.4, dtype=dtype)
+        y = torch.full_like(x, 0.8)
+        wanted = torch.full((2,), expected, dtype=dtype)
+        torch.testing.assert_close(ssim(x, y, 2.0), wanted, rtol=rtol, atol=0)
+        for scale in (1.0, 1e-3):  # 1e-3: 36 windows of mass 1e-3, 0.036 in all
+            torch.testing.assert_close(masked_ssim(x, y, torch.full_like(x, scale), 2.0), wanted, rtol=rtol, atol=0)
+
+
+def test_one_picture_with_depth_beside_one_without_is_that_pictures_loss():
+    """The SSIM term averages over the pictures that have depth: one of two here, so it is that one's."""
+    torch.manual_seed(1)
+    pred = torch.rand(2, 1, 24, 32) * 90 + 10
+    target = torch.rand(2, 1, 24, 32) * 90 + 10
+    target[1] = torch.nan
+    criterion = DepthLoss(mask_invalid=True)
+    valid = torch.isfinite(target[:1])
+    measured = torch.where(valid, target[:1], 0.0)
+    l1 = (pred[:1] - measured).abs()[valid].mean()
+    ssim_term = (1 - masked_ssim(pred[:1], measured, valid.float(), criterion.value_range)) / 2
+    expected = 0.1 * l1 + masked_gradient_loss(pred[:1], measured, valid) + ssim_term  # the paper's sum
+    assert criterion(pred, target).item() == pytest.approx(expected.item(), rel=1e-6)

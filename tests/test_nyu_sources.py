@@ -17,8 +17,16 @@ import evaluate
 import train
 from data import EIGEN_CROP, EIGEN_DEPTH, EIGEN_RGB, DecodeError, encode_depth_file, write_npy_member
 from densedepth import nyu_sources
-from densedepth.nyu_sources import LabeledDataset, LabeledMat, read_splits, write_labeled_mat, write_splits
+from densedepth.nyu_sources import (
+    LabeledDataset,
+    LabeledMat,
+    read_bts_nyu_list,
+    read_splits,
+    write_labeled_mat,
+    write_splits,
+)
 from densedepth.protocol import crop_box
+from utils import UserError
 
 COUNT = 6
 TRAIN, TEST = [1, 3, 5], [2, 4, 6]  # 1-based, as splits.mat
@@ -96,6 +104,47 @@ def test_a_picture_that_cannot_be_read_is_named(sources, monkeypatch):
     monkeypatch.setattr(LabeledMat, "picture", lambda self, index: (_ for _ in ()).throw(OSError("truncated")))
     with pytest.raises(DecodeError, match=r"^nyu_depth_v2_labeled\.mat:images\[3\] could not be read \(truncated\)$"):
         dataset.load_pair(1)
+
+
+def test_a_bts_list_is_read_past_blank_lines_and_refused_in_one_line(sources, tmp_path):
+    lines = sources["list"].read_text().splitlines()
+    gaps = tmp_path / "gaps.txt"
+    gaps.write_text("\n".join([lines[0], "", "  \t", *lines[1:]]) + "\n\n")  # a blank line does not end it
+    pairs, focals = read_bts_nyu_list(gaps, sources["data_root"], "--data")
+    assert pairs == [tuple(line.split()[:2]) for line in lines]
+    assert focals == [float(line.split()[2]) for line in lines]
+    (tmp_path / "blank.txt").write_text("\n \n")
+    for args, message in [
+        ((gaps, None, "--data"), f"--data {gaps} is one of BTS's NYU lists: give --data_root, the folder its paths "
+                                 "are in (sync/ for the training list, official_splits/test/ for the test list)"),
+        ((gaps, tmp_path / "nowhere", "--data"), f"--data_root {tmp_path / 'nowhere'} is not a folder"),
+        ((tmp_path / "blank.txt", sources["data_root"], "--val_data"), f"--val_data {tmp_path / 'blank.txt'} lists no pairs"),
+    ]:  # fmt: skip
+        with pytest.raises(UserError) as caught:
+            read_bts_nyu_list(*args)
+        assert str(caught.value) == message
+
+
+def test_splits_that_are_not_nyus_are_refused_in_one_line(sources, tmp_path):
+    from scipy.io import savemat
+
+    savemat(tmp_path / "other.mat", {"trainIdx": np.ones((3, 1))})
+    savemat(tmp_path / "empty.mat", {})
+    (tmp_path / "text.mat").write_text("not a .mat")
+    for path, message in [
+        (tmp_path / "missing.mat", f"--splits {tmp_path / 'missing.mat'} does not exist"),
+        (sources["mat"], f"--splits {sources['mat']} is a MATLAB v7.3 (HDF5) file; splits.mat is MATLAB v5 (the "
+                         "labeled dataset itself goes to --data / --data_dir)"),
+        (tmp_path / "other.mat", f"--splits {tmp_path / 'other.mat'} has no trainNdxs (it holds trainIdx): not NYU's "
+                                 "splits.mat"),
+        (tmp_path / "empty.mat", f"--splits {tmp_path / 'empty.mat'} has no trainNdxs (it holds nothing): not NYU's "
+                                 "splits.mat"),
+    ]:  # fmt: skip
+        with pytest.raises(UserError) as caught:
+            read_splits(path, COUNT)
+        assert str(caught.value) == message
+    with pytest.raises(UserError, match=r"^--splits .*text\.mat is not a MATLAB \.mat file that can be read \(.+\)$"):
+        read_splits(tmp_path / "text.mat", COUNT)
 
 
 def test_split_indices_are_one_based(sources):
