@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from densedepth.deploy import (
+    INT8_CHECK_COUNT,
     DepthInMetres,
     calibration_pictures,
+    calibration_split,
     example_input,
     export_onnx,
     export_torchscript,
@@ -88,10 +90,12 @@ def check_export(module, path, file_format, input_size, uint8_input):
 
 def write_int8(args, module, input_size, uint8_input):
     int8_path = Path(args.output).with_suffix(".int8.onnx")
-    pictures = calibration_pictures(args.calibration, args.calibration_count + 4, input_size, uint8_input)
-    count = min(args.calibration_count, max(len(pictures) - 4, (len(pictures) + 1) // 2))
-    calibration, check = pictures[:count], pictures[count:] or pictures[:4]
-    compared = f"{len(check)} pictures besides the calibration ones" if pictures[count:] else "the calibration pictures"
+    pictures = calibration_pictures(
+        args.calibration, args.calibration_count + INT8_CHECK_COUNT, input_size, uint8_input
+    )
+    calibration, others = calibration_split(pictures, args.calibration_count)
+    check = others or calibration[:INT8_CHECK_COUNT]
+    compared = f"{len(check)} pictures besides the calibration ones" if others else "the calibration pictures"
     print(f"quantising to INT8, calibrated on {len(calibration)} pictures of {args.calibration} ...")
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as scratch:
         partial = Path(scratch) / int8_path.name

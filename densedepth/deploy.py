@@ -409,8 +409,15 @@ def int8_pictures(input_size, calibration, work):
     if not own:
         raise UserError("--precision int8 calibrates on pictures like yours: give --calibration (a folder of "
                         "pictures or an Eigen test zip)")  # fmt: skip
-    count = min(INT8_CALIBRATION_COUNT, max(len(own) - INT8_CHECK_COUNT, (len(own) + 1) // 2))
-    return resized_pictures(own[:count], input_size), resized_pictures(own[count:], input_size)
+    calibration, check = calibration_split(own, INT8_CALIBRATION_COUNT)
+    return resized_pictures(calibration, input_size), resized_pictures(check, input_size)
+
+
+def calibration_split(pictures, wanted):
+    """(calibration, check) of `pictures`: up to `wanted` to calibrate INT8 on, leaving up to
+    INT8_CHECK_COUNT (and at least half of them) to compare INT8 with fp32 on."""
+    count = min(wanted, max(len(pictures) - INT8_CHECK_COUNT, (len(pictures) + 1) // 2))
+    return pictures[:count], pictures[count:]
 
 
 def prediction_model(model, dtype, input_size, precision, device, work=None, calibration=None):
