@@ -160,7 +160,7 @@ class LabeledDataset(PairDataset):
     own; filled depth is dense.
     """
 
-    def __init__(self, mat, indices, ground_truth="filled", augment=False):
+    def __init__(self, mat, indices, ground_truth, augment=False):
         if ground_truth == "raw" and not mat.has_raw:
             raise UserError(f"{mat.path} has no rawDepths for --gt raw")
         self.mat, self.indices, self.ground_truth, self.augment = mat, list(indices), ground_truth, augment

@@ -125,6 +125,32 @@ def test_a_bts_list_is_read_past_blank_lines_and_refused_in_one_line(sources, tm
         assert str(caught.value) == message
 
 
+def test_a_labeled_mat_that_is_not_nyus_is_refused_in_one_line(sources, tmp_path):
+    plain = tmp_path / "plain.mat"  # HDF5 without MATLAB's 512-byte header is HDF5 too
+    with h5py.File(plain, "w") as file:
+        file["accelData"] = np.zeros((3, 4))
+    assert nyu_sources.is_hdf5(plain) and nyu_sources.is_hdf5(sources["mat"]) and not nyu_sources.is_hdf5(sources["splits"])
+    for path, flag, message in [
+        (plain, "--data_dir", f"--data_dir {plain} has no images or depths: it holds accelData, not NYU's labeled "
+                              "dataset"),
+        (sources["splits"], "--data", f"--data {sources['splits']} is not a MATLAB v7.3 (HDF5) file: the labeled "
+                                      "dataset nyu_depth_v2_labeled.mat is one (a MATLAB v5 file such as splits.mat "
+                                      "goes to --splits)"),
+    ]:  # fmt: skip
+        with pytest.raises(UserError) as caught:
+            LabeledMat(path, flag)
+        assert str(caught.value) == message
+    no_raw = tmp_path / "no_raw.mat"
+    no_raw.write_bytes(sources["mat"].read_bytes())
+    with h5py.File(no_raw, "a") as file:
+        del file["rawDepths"]
+    mat = LabeledMat(no_raw, "--data")
+    assert not mat.has_raw and len(LabeledDataset(mat, [0], "filled")) == 1
+    with pytest.raises(UserError) as caught:
+        LabeledDataset(mat, [0], "raw")
+    assert str(caught.value) == f"{no_raw} has no rawDepths for --gt raw"
+
+
 def test_splits_that_are_not_nyus_are_refused_in_one_line(sources, tmp_path):
     from scipy.io import savemat
 
