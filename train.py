@@ -265,6 +265,13 @@ def get_args_parser():
         "fp16 with gradient scaling on older GPUs, else fp32",
     )
     optional.add_argument("--compile", action="store_true", help="torch.compile the model (for CUDA runs)")
+    add_data_and_process_arguments(parser, optional)
+    return parser
+
+
+def add_data_and_process_arguments(parser, optional):
+    """The groups for data besides NYU's zip (one's own, NYU's other sources, KITTI) and for several
+    processes; --max_bad_fraction joins the `optional` group."""
     own = parser.add_argument_group("datasets of one's own")
     own.add_argument(
         "--val_data",
@@ -316,7 +323,6 @@ def get_args_parser():
         help="how the processes find each other: env:// (torchrun's MASTER_ADDR and MASTER_PORT, the default) "
         "or file:///a/path/on/a/shared/disk",
     )
-    return parser
 
 
 def check_args(args):
