@@ -50,6 +50,8 @@ def test_the_equations_are_the_toolboxs_and_the_solve_is_exact():
     known = rng.random((6, 7)) < 0.3
     np.testing.assert_allclose(colorization_system(gray, known).toarray(), matlab_system(gray, known), atol=1e-12)
     depth_m = np.where(known, rng.uniform(0.2, 40, known.shape), np.nan)  # NaN: not measured, as 0 is
+    rows, cols = np.nonzero(known)
+    depth_m[rows[:3], cols[:3]] = [0.3, 0.6, 0.9]  # under a metre is measured too
     rgb = np.repeat((gray * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
     rgb[2, 5, 0] += 1  # one red level in the flat patch: a grey step of 0.0012, near the 2e-6 floor once squared
     filled = fill_depth_colorization(rgb, depth_m, alpha=0.5)
@@ -109,7 +111,7 @@ def test_linear_is_exact_on_a_plane_inside_the_hull_and_filled_outside():
     hull_depth[hull] = plane[hull]  # outside the hull: the colorization of the hull's pixels
     np.testing.assert_allclose(filled[:12], fill_depth_colorization(rgb, hull_depth, alpha=0.5)[:12], rtol=1e-9)
     one_line = np.zeros_like(plane)
-    one_line[20, ::3] = 7.0  # collinear: no triangle, so the colorization alone
+    one_line[20, ::3] = 7.0 + 0.1 * np.arange(14)  # collinear: no triangle, so the colorization alone
     np.testing.assert_allclose(fill.fill_depth_linear(rgb, one_line, alpha=0.5),
                                fill_depth_colorization(rgb, one_line, alpha=0.5))  # fmt: skip
     with pytest.raises(ValueError, match="^has no measured pixel$"):
