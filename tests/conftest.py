@@ -1,7 +1,9 @@
 """Shared fixtures: tiny NYU-format zips rendered by the project's own generator."""
 
+import fcntl
 import json
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -30,14 +32,40 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: seconds.get(item.nodeid, 0.0))
 
 
+def built_once_under_mutmut(name, build, tmp_path_factory):
+    """build(folder)'s value in a fresh folder; under mutmut, where every mutant's tests are a session of
+    their own, built once by the unmutated code (its clean run) into mutants/mutmut-fixtures/NAME and kept:
+    a mutant is judged by the code it changes, not by inputs rebuilt with it (the checkpoint is trained
+    with loss.py, a file mutmut mutates)."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST")
+    if mutant is None:
+        return build(tmp_path_factory.mktemp(name))
+    folder = Path("mutmut-fixtures") / name
+    folder.parent.mkdir(exist_ok=True)
+    with open(folder.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the first one's build
+        value_file = folder / "value.pickle"
+        if value_file.is_file():
+            return pickle.loads(value_file.read_bytes())
+        if mutant not in ("", "stats"):  # mutated code does not build what the other mutants reuse
+            return build(tmp_path_factory.mktemp(name))
+        folder.mkdir(exist_ok=True)
+        value = build(folder)
+        value_file.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
 def tiny_zips(tmp_path_factory):
     """(nyu_data.zip, nyu_test.zip) with 8 training and 4 test pairs of 64x48 pictures."""
-    out_dir = tmp_path_factory.mktemp("tiny")
     height, width = TINY_SIZE
-    return write_sample_data(
-        out_dir, train_images=8, test_images=4, width=width, height=height, views_per_scene=4, seed=0, workers=1
-    )
+
+    def build(out_dir):
+        return write_sample_data(
+            out_dir, train_images=8, test_images=4, width=width, height=height, views_per_scene=4, seed=0, workers=1
+        )
+
+    return built_once_under_mutmut("tiny_zips", build, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -45,10 +73,11 @@ def tiny_checkpoint(tiny_zips, tmp_path_factory):
     """last.pth of one epoch of train.py on the tiny zip (decoder width 0.0625, input 64x64)."""
     import train
 
-    out = tmp_path_factory.mktemp("trained")
-    argv = tiny_train_argv(tiny_zips[0], out, "--workers", 0)
-    train.main(train.get_args_parser().parse_args(argv))
-    return out / "last.pth"
+    def build(out):
+        train.main(train.get_args_parser().parse_args(tiny_train_argv(tiny_zips[0], out, "--workers", 0)))
+        return out / "last.pth"
+
+    return built_once_under_mutmut("tiny_checkpoint", build, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

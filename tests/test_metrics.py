@@ -60,6 +60,29 @@ def test_streaming_batches_equal_one_batch_and_empty_images_are_skipped():
     assert whole.summary()["num_images"] == 5
 
 
+def test_sums_of_processes_add_up_to_one_process_even_one_without_pictures():
+    # As torchrun's processes do (World.sum_in_place): each adds its sums into the others' in place. A
+    # process that saw no picture (an uneven last batch) still brings zeros of the right shapes.
+    gt = torch.tensor([[2.0, 2.0, 2.0, 2.0], [4.0, 0.0, 4.0, 4.0]])
+    pred = torch.tensor([[3.0, 3.0, 3.0, 3.0], [1.0, 5.0, 5.0, 5.0]])
+    one, first, second, idle = DepthMetrics(), DepthMetrics(), DepthMetrics(), DepthMetrics()
+    one.update(pred, gt)
+    first.update(pred[:1], gt[:1])
+    second.update(pred[1:], gt[1:])
+    zeros = idle.sums(torch.device("cpu"))
+    assert [tuple(part.shape) for part in zeros] == [tuple(part.shape) for part in one.sums(torch.device("cpu"))]
+    assert all(not part.any() for part in zeros)
+    for other in (first, second):  # the idle process sums the two others' pictures
+        for mine, theirs in zip(idle.sums(torch.device("cpu")), other.sums(torch.device("cpu"))):
+            mine += theirs
+    for mine, theirs in zip(first.sums(torch.device("cpu")), second.sums(torch.device("cpu"))):
+        mine += theirs
+    for process in (first, idle):
+        for aggregation in ("pooled", "per_image"):
+            assert process.compute(aggregation) == pytest.approx(one.compute(aggregation))
+    assert idle.summary()["num_images"] == 2 and first.summary()["num_valid_pixels"] == 7
+
+
 def test_no_valid_pixels_gives_nan_and_shape_mismatch_is_refused():
     assert all(math.isnan(v) for v in DepthMetrics().compute().values())
     with pytest.raises(ValueError):
