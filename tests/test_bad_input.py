@@ -152,6 +152,7 @@ def bad_pair_zips(train_zip, tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # six runs of train.py, 6 s on Zen 3
 def test_a_bad_pair_stops_the_run_when_none_may_fail(tiny_zips, tmp_path, capsys):
     # 8 pairs and the default --max_bad_fraction 0.01: not one pair may fail.
     for name, path, needles in bad_pair_zips(tiny_zips[0], tmp_path):

@@ -144,6 +144,7 @@ def test_evaluate_runs_an_onnx_by_the_same_protocol(exported, tiny_checkpoint, t
     assert np.load(tmp_path / "img" / "picture_depth_m.npy").shape == (50, 70)
 
 
+@pytest.mark.slow  # 9 s on Zen 3
 def test_torch_hub_gives_the_model_with_its_settings(tiny_checkpoint):
     model = torch.hub.load(str(ROOT), "densedepth", source="local", weights=str(tiny_checkpoint))
     state = load_checkpoint(tiny_checkpoint)["model"]

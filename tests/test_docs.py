@@ -48,6 +48,7 @@ def test_readme_is_a_page_not_a_manual():
     assert len((ROOT / "README.md").read_text().splitlines()) < 250
 
 
+@pytest.mark.slow  # each script's -h in a process of its own, 15 s on Zen 3
 def test_help_blocks_are_the_parsers_own():
     result = subprocess.run(
         [sys.executable, "scripts/readme_help.py", "--check"], cwd=ROOT, capture_output=True, text=True, check=False

@@ -53,7 +53,8 @@ def test_every_encoder_feeds_the_decoder_and_trains_a_step(name):
     assert all(not torch.equal(old, new.detach()) for old, new in zip(before, watched))
 
 
-@pytest.mark.parametrize("name", [LIGHT_ENCODER, "resnet50", pytest.param("convnext_tiny", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", [LIGHT_ENCODER, pytest.param("resnet50", marks=pytest.mark.slow),
+                                  pytest.param("convnext_tiny", marks=pytest.mark.slow),
                                   pytest.param("efficientnet_b5", marks=pytest.mark.slow)])  # fmt: skip
 def test_a_checkpoint_of_each_encoder_round_trips_through_evaluate(name, tiny_zips, tmp_path, capsys):
     """train.py --encoder NAME writes a checkpoint that names it; evaluate.py --img reads it with no flag."""

@@ -44,6 +44,7 @@ def straight_run(tiny_zips, tmp_path_factory):
     return train_in_process(tiny_zips[0], tmp_path_factory.mktemp("straight"), 2, "--workers", 0)
 
 
+@pytest.mark.slow  # with the straight run, 16 s on Zen 3
 def test_resuming_after_an_epoch_gives_the_same_weights(straight_run, tiny_zips, tmp_path):
     first = train_in_process(tiny_zips[0], tmp_path, 1, "--workers", 0)
     assert first["epoch"] == 1 and first["samples_done"] == 0
@@ -68,6 +69,7 @@ def ctrl_c_during_step(number, monkeypatch):
     return real_step
 
 
+@pytest.mark.slow  # 12 s on Zen 3
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_the_same_weights(
     straight_run, tiny_zips, tmp_path, monkeypatch
 ):
@@ -200,6 +202,7 @@ def test_sigterm_to_the_whole_process_group_with_workers(straight_run, tiny_zips
     assert_same_weights(resumed["model"], straight_run["model"])
 
 
+@pytest.mark.slow  # 6 s on Zen 3
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_zips, tmp_path, monkeypatch):
     real_loss, calls = train.DepthLoss.forward, []
 

@@ -330,7 +330,7 @@ def test_kb_crop_predicts_on_the_benchmark_crop_and_scores_in_the_full_frame(tre
 # ----------------------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("ground_truth", ["velodyne", "annotated"])
+@pytest.mark.parametrize("ground_truth", [pytest.param("velodyne", marks=pytest.mark.slow), "annotated"])
 def test_training_on_kitti_lists(tree, tmp_path, capsys, ground_truth):
     """Velodyne ground truth from monodepth2's list validated on BTS's; annotated depth from BTS's list
     validated on frames held out of it."""

@@ -120,6 +120,7 @@ def test_metrics_leave_out_missing_depth_and_depth_beyond_the_cap():
 # ----------------------------------------------------------------------------- training and evaluation
 
 
+@pytest.mark.slow  # trains twice and evaluates, 13 s on Zen 3
 def test_train_resume_and_evaluate_on_an_indoor_csv(indoor, tmp_path, capsys):
     train_csv, test_csv = indoor
     run = tmp_path / "run"
@@ -140,8 +141,8 @@ def test_train_resume_and_evaluate_on_an_indoor_csv(indoor, tmp_path, capsys):
     assert (tmp_path / "ev" / "examples" / "0000.png").is_file()
 
 
-@pytest.mark.parametrize("kind", [pytest.param("png8", marks=pytest.mark.slow), "npy",
-                                  pytest.param("tiff", marks=pytest.mark.slow)])  # fmt: skip
+@pytest.mark.slow  # trains twice for each format, 10 s each on Zen 3
+@pytest.mark.parametrize("kind", ["png8", "npy", "tiff"])
 def test_fine_tune_from_weights_on_each_depth_format(indoor, tmp_path, capsys, kind):
     """The indoor pairs rewritten in another format, as rgb/ + depth/ folders, fine-tuned from a model."""
     start = tmp_path / "start"
@@ -164,6 +165,7 @@ def _csv_pairs(csv_path):
         yield csv_path.parent / rgb, depth
 
 
+@pytest.mark.slow  # trains and evaluates four ways, 16 s on Zen 3
 def test_kitti_like_sparse_data_trains_with_its_range_and_evaluates_with_each_crop(outdoor, tmp_path, capsys):
     train_dir, val_dir = outdoor
     run = tmp_path / "run"
