@@ -76,6 +76,7 @@ def test_a_checkpoint_of_each_encoder_round_trips_through_evaluate(name, tiny_zi
     assert depth_m.shape == (48, 64) and np.isfinite(depth_m).all()
 
 
+@pytest.mark.slow  # trains and evaluates twice, 5 s on Zen 3
 def test_the_encoder_is_a_setting_of_the_run(tiny_zips, tmp_path, capsys):
     """Left out when resuming it is the checkpoint's; another is refused, with --checkpoint and with --weights."""
     first = tiny_train_argv(tiny_zips[0], tmp_path / "run", "--workers", 0, "--encoder", LIGHT_ENCODER)

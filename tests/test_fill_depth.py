@@ -148,6 +148,7 @@ def sparse_pairs(count, seed=0, size=(40, 56)):
     return pairs
 
 
+@pytest.mark.slow  # fills twice and trains, 5 s on Zen 3
 def test_resuming_sharding_and_training_on_the_result(tmp_path, capsys):
     csv = write_rgbd_folder(tmp_path / "pairs", sparse_pairs(5), "png16", png_scale=256)
     out = tmp_path / "filled"

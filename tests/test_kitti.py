@@ -268,8 +268,8 @@ def numpy_kitti_metrics(pairs):
     return {name: float(np.mean([row[name] for row in rows])) for name in rows[0]}
 
 
-@pytest.mark.parametrize(("list_name", "annotated"), [pytest.param("bts", True, marks=pytest.mark.slow),
-                                                     ("monodepth2", False)])  # fmt: skip
+@pytest.mark.slow  # evaluate.py on a KITTI tree, 10 s each on Zen 3 (test_protocol.py checks the steps in-process)
+@pytest.mark.parametrize(("list_name", "annotated"), [("bts", True), ("monodepth2", False)])
 def test_evaluation_matches_an_independent_computation(tree, kitti_checkpoint, tmp_path, capsys, list_name, annotated):
     """The scores of evaluate.py --data LIST equal numpy's metrics on the depth --img writes for each frame."""
     gt_flags = ["--kitti_depth", tree["annotated"]] if annotated else []
@@ -296,6 +296,7 @@ def test_evaluation_matches_an_independent_computation(tree, kitti_checkpoint, t
         assert report["per_image"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
 
 
+@pytest.mark.slow  # evaluate.py twice, 7 s on Zen 3
 def test_kb_crop_predicts_on_the_benchmark_crop_and_scores_in_the_full_frame(tree, kitti_checkpoint, tmp_path, capsys):
     """Garg's crop lies inside the benchmark crop, so the same pixels are scored with and without --kb_crop:
     the pixels outside Garg's crop are not counted as left out."""
@@ -330,7 +331,8 @@ def test_kb_crop_predicts_on_the_benchmark_crop_and_scores_in_the_full_frame(tre
 # ----------------------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("ground_truth", [pytest.param("velodyne", marks=pytest.mark.slow), "annotated"])
+@pytest.mark.slow  # trains and evaluates, 6 s each on Zen 3
+@pytest.mark.parametrize("ground_truth", ["velodyne", "annotated"])
 def test_training_on_kitti_lists(tree, tmp_path, capsys, ground_truth):
     """Velodyne ground truth from monodepth2's list validated on BTS's; annotated depth from BTS's list
     validated on frames held out of it."""

@@ -194,6 +194,7 @@ def scores(varied_checkpoint, out, capsys, *data):
     return json.loads((out / "metrics.json").read_text()), stdout
 
 
+@pytest.mark.slow  # evaluate.py three times, 12 s on Zen 3
 def test_one_test_set_three_ways_one_answer(sources, varied_checkpoint, tmp_path, capsys):
     """BTS's protocol (raw depth, their crop, 1e-3 < d < 10 m) on the labeled .mat, BTS's folder and a zip
     of the same pictures; DenseDepth's (filled depth, Eigen crop) on the .mat and the zip."""
@@ -228,6 +229,7 @@ def test_ground_truth_and_crop_can_be_set_apart_from_the_protocol(sources, varie
     assert (report["ground_truth"], report["crop"], report["protocol"]) == ("raw", "eigen", "densedepth")
 
 
+@pytest.mark.slow  # trains and evaluates, 4 to 5 s each on Zen 3
 @pytest.mark.parametrize("source", ["mat", "list"])
 def test_training_on_the_labeled_mat_and_on_a_bts_list(sources, tmp_path, capsys, source):
     if source == "mat":
