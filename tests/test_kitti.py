@@ -36,7 +36,7 @@ from densedepth.kitti import (
     velodyne_depth_m,
 )
 from densedepth.protocol import crop_box, kb_crop_box
-from densedepth.sources import KITTI_LIST, data_kind, kb_cropped
+from densedepth.sources import KITTI_LIST, data_kind, kb_crop_scoring_box, kb_cropped
 from model import DenseDepth, settings_config
 from utils import UserError
 
@@ -296,10 +296,8 @@ def test_evaluation_matches_an_independent_computation(tree, kitti_checkpoint, t
         assert report["per_image"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
 
 
-@pytest.mark.slow  # evaluate.py twice, 7 s on Zen 3
-def test_kb_crop_predicts_on_the_benchmark_crop_and_scores_in_the_full_frame(tree, kitti_checkpoint, tmp_path, capsys):
-    """Garg's crop lies inside the benchmark crop, so the same pixels are scored with and without --kb_crop:
-    the pixels outside Garg's crop are not counted as left out."""
+def test_the_benchmark_crop_and_the_scored_box_inside_it_by_hand():
+    # BTS's crop of a 375x1242 frame: top 375 - 352 = 23, left (1242 - 1216) // 2 = 13, right 13 + 1215.
     assert kb_crop_box(*KITTI_SIZE) == (23, 374, 13, 1228)
     assert kb_crop_box(352, 1216) == (0, 351, 0, 1215)  # a frame of the crop's own size is its own crop
     for height, width in ((351, 1216), (352, 1215)):
@@ -307,8 +305,26 @@ def test_kb_crop_predicts_on_the_benchmark_crop_and_scores_in_the_full_frame(tre
             kb_crop_box(height, width)
     with pytest.raises(UserError, match="^--kb_crop: a 1215x352 frame is smaller than"):
         next(kb_cropped([(torch.zeros(1, 3, 352, 1215), torch.zeros(1, 1, 352, 1215))], "garg"))
-    top, _, left, right = crop_box("garg", *KITTI_SIZE)
-    assert top >= 23 and left >= 13 and right <= 1228
+    # Garg's crop of the frame: rows int(0.40810811 * 375) = 153 to int(0.99189189 * 375) - 1 = 370, columns
+    # int(0.03594771 * 1242) = 44 to int(0.96405229 * 1242) - 1 = 1196; all inside the benchmark crop, so
+    # in its rows and columns: 153 - 23, 370 - 23, 44 - 13, 1196 - 13. The whole frame ('none') is cut to it.
+    assert kb_crop_scoring_box("garg", *KITTI_SIZE) == (130, 347, 31, 1183)
+    assert kb_crop_scoring_box("none", *KITTI_SIZE) == (0, 351, 0, 1215)
+    images = torch.zeros(2, 3, *KITTI_SIZE)
+    images[:, :, 23, 13], images[:, :, 374, 1228] = 1, 2  # the benchmark crop's corners
+    depth_m = images[:, :1] * 10
+    (cut_images, cut_depth_m, scored), *rest = list(kb_cropped([(images, depth_m)], "garg"))
+    assert not rest and scored == (130, 347, 31, 1183)
+    assert cut_images.shape == (2, 3, 352, 1216) and cut_depth_m.shape == (2, 1, 352, 1216)
+    assert (cut_images[..., 0, 0] == 1).all() and (cut_images[..., -1, -1] == 2).all()
+    assert cut_images.sum() == 2 * 3 * (1 + 2)
+    assert (cut_depth_m[..., 0, 0] == 10).all() and (cut_depth_m[..., -1, -1] == 20).all()
+
+
+@pytest.mark.slow  # evaluate.py twice, 7 s on Zen 3
+def test_kb_crop_predicts_on_the_benchmark_crop_and_scores_in_the_full_frame(tree, kitti_checkpoint, tmp_path, capsys):
+    """Garg's crop lies inside the benchmark crop, so the same pixels are scored with and without --kb_crop:
+    the pixels outside Garg's crop are not counted as left out."""
     reports = {}
     for kb_crop in ([], ["--kb_crop"]):
         out = tmp_path / ("kb" if kb_crop else "full")
