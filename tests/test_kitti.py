@@ -36,7 +36,14 @@ from densedepth.kitti import (
     velodyne_depth_m,
 )
 from densedepth.protocol import crop_box, kb_crop_box
-from densedepth.sources import KITTI_LIST, data_kind, kb_crop_scoring_box, kb_cropped
+from densedepth.sources import (
+    KITTI_LIST,
+    UNKNOWN_LIST,
+    data_kind,
+    first_list_line,
+    kb_crop_scoring_box,
+    kb_cropped,
+)
 from model import DenseDepth, settings_config
 from utils import UserError
 
@@ -99,6 +106,21 @@ def test_a_tab_separated_list_is_recognised(tree, tmp_path):
     assert [frame_key(f) for f in read_split_list(tabbed, "--data")] == [
         frame_key(f) for f in read_split_list(tree["monodepth2"], "--data")
     ]
+
+
+def test_what_a_txt_is_told_apart_by_blank_lines_bad_bytes_and_nothing(tmp_path):
+    # The first line with something on it, its fields joined by single spaces; bytes that are not UTF-8
+    # read as U+FFFD rather than stop; '' for a list of blank lines, a file that is not a .txt, or none.
+    (tmp_path / "gaps.txt").write_bytes(f"\n  \r\n{DATE}/{DATE}_drive_0002_sync\t69  l\r\n".encode())
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "blank.txt").write_text("\n \n\t\n")
+    (tmp_path / "list.csv").write_text(f"{DATE}/{DATE}_drive_0002_sync 69 l\n")
+    assert first_list_line(tmp_path / "gaps.txt") == f"{DATE}/{DATE}_drive_0002_sync 69 l"
+    assert data_kind(tmp_path / "gaps.txt") == KITTI_LIST
+    assert first_list_line(tmp_path / "latin1.txt") == "caf\ufffd au lait"
+    assert data_kind(tmp_path / "latin1.txt") == data_kind(tmp_path / "blank.txt") == UNKNOWN_LIST
+    assert first_list_line(tmp_path / "blank.txt") == first_list_line(tmp_path / "list.csv") == ""
+    assert first_list_line(tmp_path / "missing.txt") == ""
 
 
 # ----------------------------------------------------------------------------- the Velodyne's ground truth
