@@ -99,6 +99,17 @@ def test_a_right_camera_line_and_an_unpadded_frame(tmp_path):
     assert (frame.frame, frame.camera) == (69, 3) and frame.name.endswith("image_03/data/0000000069")
 
 
+def test_a_bts_line_keeps_its_depth_path_and_a_blank_line_mid_list_is_skipped(tmp_path):
+    # BTS's second field is the annotated depth's path, as the list gives it (here one the frame's own path
+    # would not give); "None" means no annotated depth. A blank line between two is passed over, not an end.
+    path = tmp_path / "eigen_test_files.txt"
+    path.write_text(f"{DATE}/{DATE}_drive_0002_sync/image_02/data/0000000069.png elsewhere/69.png 721.5377\n\n"
+                    f"{DATE}/{DATE}_drive_0002_sync/image_03/data/0000000070.png None 721.5377\n")  # fmt: skip
+    first, second = read_split_list(path, "--data")
+    assert (first.depth_name, first.no_depth, first.camera) == ("elsewhere/69.png", False, 2)
+    assert (second.depth_name, second.no_depth, second.camera, second.frame) == ("", True, 3, 70)
+
+
 def test_a_tab_separated_list_is_recognised(tree, tmp_path):
     tabbed = tmp_path / "test_files.txt"
     tabbed.write_text(tree["monodepth2"].read_text().replace(" ", "\t"))
