@@ -165,3 +165,22 @@ def test_one_picture_with_depth_beside_one_without_is_that_pictures_loss():
     ssim_term = (1 - masked_ssim(pred[:1], measured, valid.float(), criterion.value_range)) / 2
     expected = 0.1 * l1 + masked_gradient_loss(pred[:1], measured, valid) + ssim_term  # the paper's sum
     assert criterion(pred, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_step_scores_depth_as_targets_of_the_losss_own_range():
+    # KITTI's range: 20 m is the target 80 / 20 = 4 (NYU's would make it 1000 / 2000 cm, clipped: 1). A network
+    # that predicts 4 everywhere has nothing to learn there: loss 0 and no gradient.
+    from densedepth.depth import KITTI_DEPTH_RANGE
+    from densedepth.training import Learner, train_step
+
+    constant = torch.nn.Conv2d(3, 1, 1, stride=2)
+    with torch.no_grad():
+        constant.weight.zero_()
+        constant.bias.fill_(4.0)
+    criterion = DepthLoss(KITTI_DEPTH_RANGE)
+    optimizer = torch.optim.SGD(constant.parameters(), lr=1.0)
+    learner = Learner(constant, constant, constant, criterion, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                      torch.device("cpu"), torch.float32)  # fmt: skip
+    loss, pred = train_step(learner, torch.rand(2, 3, 32, 32), torch.full((2, 1, 16, 16), 20.0))
+    assert float(loss) == pytest.approx(0.0, abs=1e-6) and pred.shape == (2, 1, 16, 16)
+    assert float(constant.bias.detach()) == pytest.approx(4.0, abs=1e-6)
