@@ -148,11 +148,12 @@ def evaluate_protocol(
     when `model` is a wrapper that hides it.
     """
     metrics = DepthMetrics() if metrics is None else metrics
+    bar = {"desc": "evaluating", "unit": "batch", "leave": False, **(bar or {})}  # pragma: no mutate (the bar's look)
     model.eval()
     with torch.inference_mode():
-        for images, depth_m, *own_box in tqdm(batches, unit="batch", leave=False,
-                                              **{"desc": "evaluating", **(bar or {})}):  # fmt: skip
-            images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)
+        for images, depth_m, *own_box in tqdm(batches, **bar):
+            # not mutated: on a CPU (no GPU here) every device move below is the same
+            images, depth_m = images.to(device, non_blocking=True), depth_m.to(device, non_blocking=True)  # pragma: no mutate
             with autocast(device, dtype):
                 size = network_size(images.shape[-2:], input_size)
                 pred_m = predict_depth_m(model, images, size, depth_m.shape[-2:], flip, depth_range=depth_range)

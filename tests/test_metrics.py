@@ -44,6 +44,7 @@ def test_pooled_and_per_image_aggregation_differ_as_expected():
     assert per_image["abs_rel"] == pytest.approx((0.5 + 0.75) / 2)
     summary = metrics.summary()
     assert (summary["num_images"], summary["num_valid_pixels"], summary["num_invalid_pixels"]) == (2, 5, 3)
+    assert (summary["pooled"], summary["per_image"]) == (pooled, per_image)
 
 
 def test_streaming_batches_equal_one_batch_and_empty_images_are_skipped():

@@ -7,10 +7,13 @@ import math
 import pytest
 import torch
 
+from data import FailedSample
 from densedepth.depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
 from densedepth.kitti import kitti_list_shape
 from densedepth.protocol import crop_box, evaluate_protocol, resolve_crop, scaled_nyu_crop
+from densedepth.sources import pair_batches
 from metrics import DepthMetrics
+from utils import UserError
 
 
 class LeftRightNetwork(torch.nn.Module):
@@ -113,3 +116,17 @@ def test_kitti_list_shapes_are_named():
     bts = "2011_09_26/2011_09_26_drive_0002_sync/image_02/data/0000000069.png None 721.5377"
     monodepth2 = "2011_09_26/2011_09_26_drive_0002_sync 69 l"
     assert (kitti_list_shape(bts), kitti_list_shape(monodepth2), kitti_list_shape("a b")) == ("bts", "monodepth2", None)
+
+
+def test_pairs_are_batched_in_runs_of_one_size_and_a_failed_one_stops():
+    # Three 4x6 pairs then one 5x6, in batches of up to 2: [a, b], [c], [d] (a run ends at a new size).
+    def pair(height, value):
+        return torch.full((3, height, 6), value, dtype=torch.uint8), torch.full((1, height, 6), float(value))
+
+    loaded = [pair(4, 1), pair(4, 2), pair(4, 3), pair(5, 4)]
+    batches = list(pair_batches(loaded, 2))
+    assert [tuple(images.shape) for images, _ in batches] == [(2, 3, 4, 6), (1, 3, 4, 6), (1, 3, 5, 6)]
+    assert [depth_m[:, 0, 0, 0].tolist() for _, depth_m in batches] == [[1.0, 2.0], [3.0], [4.0]]
+    failed = FailedSample(("rgb/7.png", "depth/7.png"), "rgb/7.png is not a picture")
+    with pytest.raises(UserError, match=r"^--data: rgb/7.png is not a picture$"):
+        list(pair_batches([pair(4, 1), failed], 2))
