@@ -86,8 +86,34 @@ def test_sums_of_processes_add_up_to_one_process_even_one_without_pictures():
 
 def test_no_valid_pixels_gives_nan_and_shape_mismatch_is_refused():
     assert all(math.isnan(v) for v in DepthMetrics().compute().values())
-    with pytest.raises(ValueError):
+    empty = DepthMetrics().summary()
+    assert (empty["num_images"], empty["num_valid_pixels"], empty["num_invalid_pixels"]) == (0, 0, 0)
+    with pytest.raises(ValueError, match=r"^prediction shape \(1, 4\) != ground truth \(1, 5\)$"):
         DepthMetrics().update(torch.ones(1, 4), torch.ones(1, 5))
+    with pytest.raises(ValueError, match=r"^aggregation must be one of \('per_image', 'pooled'\), got 'mean'$"):
+        DepthMetrics().compute("mean")
+
+
+def test_delta_thresholds_are_strict_at_each_power_of_1_25():
+    # 1.25, 1.25^2 = 1.5625 and 1.25^3 = 1.953125 are exact in binary: a ratio equal to a threshold is outside it.
+    metrics = DepthMetrics()
+    metrics.update(torch.tensor([[1.25, 1.5625, 1.953125]]), torch.ones(1, 3))
+    values = metrics.compute("pooled")
+    assert (values["delta1"], values["delta2"], values["delta3"]) == pytest.approx((0, 1 / 3, 2 / 3))
+
+
+def test_the_cap_counts_depth_equal_to_it_and_holds_beside_a_range():
+    # "at most a cap": 10 m counts under a 10 m cap, 10.5 m does not, even with a range that would take it.
+    metrics = DepthMetrics(max_depth_m=10.0, gt_range_m=(1e-3, 80.0))
+    metrics.update(torch.full((1, 3), 10.0), torch.tensor([[10.0, 10.5, 5.0]]))
+    assert metrics.summary()["num_valid_pixels"] == 2
+
+
+def test_sums_are_kept_in_float64_and_counts_in_int64():
+    metrics = DepthMetrics()
+    metrics.update(torch.ones(1, 4), torch.full((1, 4), 2.0))
+    term_sums, image_metric_sums, counts = metrics.sums(torch.device("cpu"))
+    assert (term_sums.dtype, image_metric_sums.dtype, counts.dtype) == (torch.float64, torch.float64, torch.int64)
 
 
 def test_crop_keeps_both_ends():

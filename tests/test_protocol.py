@@ -10,7 +10,7 @@ import torch
 from data import FailedSample
 from densedepth.depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
 from densedepth.kitti import kitti_list_shape
-from densedepth.protocol import crop_box, evaluate_protocol, resolve_crop, scaled_nyu_crop
+from densedepth.protocol import crop_box, evaluate_protocol, network_size, resolve_crop, scaled_nyu_crop
 from densedepth.sources import pair_batches
 from metrics import DepthMetrics
 from utils import UserError
@@ -97,6 +97,13 @@ def test_a_wrapper_without_a_depth_range_is_given_one():
     metrics = evaluate_protocol(LeftRightNetwork(depth_range=None), [picture_batch(20.0)], (32, 64), None,
                                 torch.device("cpu"), bar={"disable": True}, depth_range=KITTI_DEPTH_RANGE)  # fmt: skip
     assert metrics.compute()["abs_rel"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_square_trained_size_keeps_a_wide_pictures_shape():
+    # Trained at 64x64, a 32x96 picture goes in at the trained area in its own shape: sqrt(64 * 64 / (32 * 96))
+    # = 1.155; 32 * 1.155 = 37 -> 32, 96 * 1.155 = 111 -> 96 (multiples of 32).
+    assert network_size((32, 96), (64, 64)) == (32, 96)
+    assert network_size((128, 128), (64, 64)) == (64, 64)
 
 
 def test_nyu_crops_at_another_size_by_hand():
