@@ -40,7 +40,7 @@ def built_once_under_mutmut(name, build, tmp_path_factory):
     mutant = os.environ.get("MUTANT_UNDER_TEST")
     if mutant is None:
         return build(tmp_path_factory.mktemp(name))
-    folder = Path("mutmut-fixtures") / name
+    folder = Path("mutmut-fixtures").resolve() / name  # absolute: a test may change its working folder
     folder.parent.mkdir(exist_ok=True)
     with open(folder.parent / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the first one's build
