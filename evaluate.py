@@ -137,9 +137,10 @@ def get_args_parser():
         choices=PREDICTION_PRECISIONS,
         default="auto",
         help="autocast precision, or int8: the model quantised on the CPU (needs requirements-deploy.txt); "
-        "'auto': bf16 on GPUs that have it and on CPUs where it measures faster, fp16 on older GPUs, else fp32, "
-        "and int8 on CPUs with AMX where it measures faster still; it says which and why. Metrics are computed in "
-        "fp32 either way",
+        "'auto': bf16 on GPUs that have it and on CPUs where it measures faster, fp16 on older GPUs, else fp32 "
+        "(on a CPU, for 32 pictures or frames or more, in onnxruntime where that measures faster: "
+        "requirements-deploy.txt), and int8 on CPUs with AMX where it measures faster still; it says which and why. "
+        "Metrics are computed in fp32 either way",
     )
     parser.add_argument("--calibration", help=CALIBRATION_HELP)
     parser.add_argument(
@@ -257,6 +258,7 @@ def score(model, test_set, input_size, args, device, dtype):
         evaluate_protocol(model, counted(examples.pick(batches), bar), input_size, test_set.crop, device, dtype,
                           args.flip, metrics, bar={"disable": True})  # fmt: skip
     label, settings = test_set.label, dict(test_set.settings)
+    settings["engine"] = "onnxruntime" if getattr(model, "runs_in_onnxruntime", False) else "pytorch"
     if cap_m is not None:
         label, settings["max_depth_m"] = label.replace("the model's farthest depth", f"{cap_m:g} m"), cap_m
     report_metrics(metrics, label, args, input_size, device, dtype, **settings)
@@ -279,7 +281,7 @@ def report_metrics(metrics, crop_label, args, input_size, device, dtype, **setti
     print(
         f"{summary['num_images']} images, {crop_label}, "
         f"{'with' if args.flip else 'without'} flip averaging, {args.aggregation.replace('_', '-')} aggregation, "
-        f"{precision_name(dtype)} on {device}:"
+        f"{precision_name(dtype)}{' in onnxruntime' if settings.get('engine') == 'onnxruntime' else ''} on {device}:"
     )
     print(format_table(summary[args.aggregation]))
     if args.markdown:

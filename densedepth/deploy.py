@@ -19,10 +19,12 @@ later) for evaluate.py --precision int8.
 onnx, onnxscript, onnxruntime and torchao are needed only here: requirements-deploy.txt.
 """
 
+import hashlib
 import importlib
 import importlib.util
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -35,8 +37,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from data import RGB_SUFFIXES, EigenTestZip, resize
+from data import RGB_SUFFIXES, EigenTestZip, resize, to_unit_range
 from densedepth.depth import DepthRange, target_to_depth_m
+from densedepth.protocol import predict_depth_m
+from model import model_config
 from utils import UserError, auto_precision_reason, autocast, cpu_has_amx_int8, precision_name
 
 INPUT_NAME, OUTPUT_NAME = "image", "depth_m"
@@ -80,29 +84,43 @@ def example_input(size, uint8_input, batch=1, seed=0):
     pixels = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, generator=generator)
     return pixels if uint8_input else pixels.float() / 255
 
+ONNX_NAMES = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": 18, "verbose": False}
 
-def export_onnx(module, path, example, meta):
+
+def export_onnx(module, path, example, meta, traced=False):
     """ONNX (opset 18) with dynamic batch, height and width, through torch.export; where torch.export
-    cannot keep the sizes dynamic (ConvNeXt's channels-last LayerNorm makes it specialise them), through
-    the TorchScript-based exporter, which traces them as functions of the input's."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    height = torch.export.Dim("height", min=32, max=8192)
-    width = torch.export.Dim("width", min=32, max=8192)
-    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": 18, "verbose": False}
-    try:
-        torch.onnx.export(module, (example,), str(path), dynamo=True,
-                          dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, **names)  # fmt: skip
-    except Exception:  # noqa: BLE001 (torch.onnx wraps torch.export's constraint errors in its own types)
+    cannot keep the sizes dynamic (ConvNeXt's channels-last LayerNorm makes it specialise them), or
+    with traced=True (seconds instead of a minute: --precision auto's export), through the
+    TorchScript-based exporter, which traces the sizes as functions of the input's."""
+    if not traced and not _exported_by_torch_export(module, path, example):
         print("torch.export would fix the input's size for this encoder: exported by tracing instead")
+        traced = True
+    if traced:
         sizes = {0: "batch", 2: "height", 3: "width"}
-        torch.onnx.export(module, (example,), str(path), dynamo=False,
-                          dynamic_axes={INPUT_NAME: sizes, OUTPUT_NAME: sizes}, **names)  # fmt: skip
+        out_sizes = sizes if isinstance(module, DepthInMetres) else {0: "batch", 2: "out_height", 3: "out_width"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter's notice
+            torch.onnx.export(module, (example,), str(path), dynamo=False,
+                              dynamic_axes={INPUT_NAME: sizes, OUTPUT_NAME: out_sizes}, **ONNX_NAMES)  # fmt: skip
     onnx = _import("onnx")
     graph = onnx.load(str(path))
     del graph.metadata_props[:]
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
+
+
+def _exported_by_torch_export(module, path, example):
+    """Whether torch.export could write `module` to `path` with its batch, height and width dynamic."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = torch.export.Dim("height", min=32, max=8192)
+    width = torch.export.Dim("width", min=32, max=8192)
+    try:
+        torch.onnx.export(module, (example,), str(path), dynamo=True,
+                          dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, **ONNX_NAMES)  # fmt: skip
+    except Exception:  # noqa: BLE001 (torch.onnx wraps torch.export's constraint errors in its own types)
+        return False
+    return True
 
 
 def export_torchscript(module, path, example, meta):
@@ -131,9 +149,10 @@ def _import(name):
 
 class OnnxDepthModel:
     """An exported .onnx run by onnxruntime on the CPU, shaped for model.predict_depth_m: called on
-    (N, 3, H, W) float pictures in [0, 1], it gives depth in metres at their size (returns_depth_m)."""
+    (N, 3, H, W) pictures, float in [0, 1] or uint8, it gives depth in metres at their size (returns_depth_m)."""
 
     returns_depth_m = True
+    runs_in_onnxruntime = True  # numpy arrays in NCHW: no channels_last for it
 
     def __init__(self, path, threads=None):
         ort = _import("onnxruntime")
@@ -153,10 +172,13 @@ class OnnxDepthModel:
         self.uint8_input = self.session.get_inputs()[0].type == "tensor(uint8)"
 
     def __call__(self, images):
-        array = images.detach().float().cpu().numpy()
-        if self.uint8_input:
-            array = np.clip(np.rint(array * 255), 0, 255).astype(np.uint8)
-        (depth_m,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(array)})
+        if self.uint8_input and images.dtype == torch.uint8:  # as they come (predict_depth_m's takes_as_they_are)
+            array = images.detach().cpu().numpy()
+        else:
+            array = to_unit_range(images.detach()).cpu().numpy()
+            if self.uint8_input:
+                array = np.clip(np.rint(array * 255), 0, 255).astype(np.uint8)
+        (depth_m,) = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(array)})
         return torch.from_numpy(depth_m).to(images.device)
 
     def to(self, *args, **kwargs):  # onnxruntime runs on the CPU, whatever torch's device
@@ -176,6 +198,86 @@ def load_exported(path, file_format):
         return lambda pictures: model(torch.as_tensor(pictures)).detach().numpy()
     session = _import("onnxruntime").InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda pictures: session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(np.asarray(pictures))})[0]
+
+
+# ----------------------------------------------------------------------------- onnxruntime under --precision auto
+
+# Work shorter than this might not pay for the export (2 to 5 s, once); fewer pictures than ORT_MIN_PICTURES
+# are not even timed (two passes of one picture), so that one picture costs what it always did.
+ORT_MIN_WORK_SECONDS = 10
+ORT_MIN_PICTURES = 32
+ORT_MAX_DIFFERENCE = 1e-4  # largest |onnxruntime - PyTorch| depth, over the largest depth, to use onnxruntime
+
+
+def auto_onnx_path(model, input_size):
+    """Where 'auto' keeps `model` exported to ONNX: torch's cache, under a digest of its weights and
+    settings, so that each model is exported once."""
+    digest = hashlib.sha256(json.dumps(model_config(model, input_size), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return Path(torch.hub.get_dir()) / "densedepth_onnx" / f"{digest.hexdigest()[:24]}.onnx"
+
+
+class OnnxNetwork(OnnxDepthModel):
+    """A DenseDepth network itself, exported by onnx_for_auto and run by onnxruntime: float pictures in
+    [0, 1] in, the network's output out (the target at half size), which predict_depth_m turns into
+    metres as it does PyTorch's, so that both give the same depth at any size."""
+
+    returns_depth_m = False
+
+
+def onnx_for_auto(model, input_size):
+    """An OnnxNetwork of `model`, exported by tracing into auto_onnx_path the first time, written under
+    a temporary name and renamed when complete."""
+    path = auto_onnx_path(model, input_size)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+        meta = metadata(model_config(model, input_size), False, "evaluate.py --precision auto")
+        meta["output"] = "the network's output (DenseDepth's target at half the input's size), not metres"
+        try:
+            with torch.no_grad():
+                export_onnx(model, partial, example_input(input_size, False), meta, traced=True)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return OnnxNetwork(path, threads=torch.get_num_threads())
+
+
+def choose_onnxruntime(model, input_size, work):
+    """(model, words) for 'auto' in fp32 on the CPU: `model` run by onnxruntime (onnx_for_auto) where
+    that is faster than PyTorch on the work's first picture and gives its depth to ORT_MAX_DIFFERENCE,
+    for work of ORT_MIN_PICTURES pictures or frames and ORT_MIN_WORK_SECONDS or more; else `model`
+    itself. words say which and why."""
+    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+        return model, "onnxruntime not tried: pip install -r requirements-deploy.txt for it"
+    if work is None:
+        return model, "onnxruntime not tried: the pictures are not known in advance"
+    if work.count < ORT_MIN_PICTURES:
+        return model, f"onnxruntime not tried for {work.count} pictures (from {ORT_MIN_PICTURES})"
+    batch = torch.from_numpy(resized_pictures(work.first_pictures(1), input_size)[0])
+
+    def predictor(run):
+        return lambda pictures: predict_depth_m(run, pictures, input_size, input_size, flip=False)
+
+    pytorch_s = seconds_per_batch(predictor(model), batch, repeats=1)
+    if pytorch_s * work.count < ORT_MIN_WORK_SECONDS:
+        return model, f"onnxruntime not tried for {work.count * pytorch_s:.1f} s of work"
+    try:
+        exported = onnx_for_auto(model, input_size)
+    except Exception as err:  # noqa: BLE001 (a model the tracer cannot export still runs in PyTorch)
+        return model, f"onnxruntime not tried: the export failed ({str(err).splitlines()[0][:120]})"
+    with torch.no_grad():
+        reference = predictor(model)(batch)
+        difference = float((predictor(exported)(batch) - reference).abs().max() / reference.abs().max())
+    ort_s = seconds_per_batch(predictor(exported), batch)
+    timing = f"onnxruntime {ort_s * 1000:.0f} ms a picture against PyTorch's {pytorch_s * 1000:.0f} ms"
+    if difference > ORT_MAX_DIFFERENCE:
+        return model, f"onnxruntime's depth differs from PyTorch's by {difference:.1e} of the largest"
+    if ort_s >= pytorch_s:
+        return model, timing
+    return exported, f"{timing}, the same depth to {difference:.0e}"
 
 
 def quantize_int8(onnx_path, int8_path, calibration, per_channel=True):
@@ -423,9 +525,9 @@ def calibration_split(pictures, wanted):
 def prediction_model(model, dtype, input_size, precision, device, work=None, calibration=None):
     """The model and dtype to predict with (evaluate.py, demo.py): --precision int8 goes through
     choose_int8; so does 'auto' where INT8 may be the fastest (int8_not_tried) and the work pays for
-    quantising (too_little_work). `work`: what will be predicted (None: not known, as in the demo);
-    `calibration`: --calibration's path, else the work's own pictures calibrate. 'auto' prints what
-    it picked and why, in one line."""
+    quantising (too_little_work); else 'auto' in fp32 on the CPU goes through choose_onnxruntime.
+    `work`: what will be predicted (None: not known, as in the demo); `calibration`: --calibration's
+    path, else the work's own pictures calibrate. 'auto' prints what it picked and why, in one line."""
     if not isinstance(model, torch.nn.Module):  # an exported .onnx: onnxruntime's own arithmetic
         return model, dtype
     reason = int8_not_tried(device) if precision == "auto" else None
@@ -436,6 +538,9 @@ def prediction_model(model, dtype, input_size, precision, device, work=None, cal
         model, dtype, line = choose_int8(model, dtype, precision, calibration_set, check)
         print(line)
     elif precision == "auto":
-        print(f"precision auto: {precision_name(dtype)} ({auto_precision_reason(dtype, device)}); "
-              f"INT8 not tried: {reason}")  # fmt: skip
+        engine, why = "", auto_precision_reason(dtype, device)
+        if device.type == "cpu" and dtype == torch.float32:  # bf16 runs in PyTorch, where onnxruntime has none
+            chosen, words = choose_onnxruntime(model, input_size, work)
+            engine, why, model = " in onnxruntime" if chosen is not model else "", f"{why}; {words}", chosen
+        print(f"precision auto: {precision_name(dtype)}{engine} ({why}); INT8 not tried: {reason}")
     return model, dtype

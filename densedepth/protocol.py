@@ -46,11 +46,12 @@ def predict_depth_m(model, images, input_size, out_size, flip=True, channels_las
     size itself; they are resized to out_size.
     Run it inside the caller's autocast context; the depth comes out in float32.
     """
-    images = resize(to_unit_range(images), input_size)
+    if not takes_as_they_are(model, images, input_size):
+        images = resize(to_unit_range(images), input_size)
     batch = torch.cat([images, images.flip(-1)]) if flip else images
-    if channels_last:
+    if channels_last and not getattr(model, "runs_in_onnxruntime", False):
         batch = batch.contiguous(memory_format=torch.channels_last)
-    if getattr(model, "returns_depth_m", False):  # an exported model (densedepth/deploy.py): metres at the input's size
+    if getattr(model, "returns_depth_m", False):  # densedepth/deploy.py's exports: metres at the input's size
         depth_m = resize(model(batch).float(), out_size)
     else:
         depth_m = resize(target_to_depth_m(model(batch).float(), depth_range or model.depth_range), out_size)
@@ -58,6 +59,13 @@ def predict_depth_m(model, images, input_size, out_size, flip=True, channels_las
         depth_m, mirrored = depth_m.chunk(2)
         depth_m = (depth_m + mirrored.flip(-1)) / 2
     return depth_m
+
+
+def takes_as_they_are(model, images, input_size):
+    """Whether a model run by onnxruntime that takes uint8 pictures can be given `images` without a
+    pass through float: they are uint8 and already at the network's size (video frames, mostly)."""
+    at_size = tuple(images.shape[-2:]) == tuple(input_size)
+    return getattr(model, "uint8_input", False) and images.dtype == torch.uint8 and at_size
 
 
 # Crops of the evaluation protocols, as [top, bottom, left, right] rows and columns, both ends inclusive.

@@ -3,6 +3,7 @@ sizes (one not a multiple of 32), the INT8 model, evaluate.py on an .onnx, and t
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -166,3 +167,128 @@ def test_deployment_bad_input(exported, tiny_checkpoint, tiny_zips, tmp_path, ca
     assert_one_clear_line(run_script(evaluate, argv, capsys), "missing.png does not exist")
     argv = ["--model", bogus, "--data", tiny_zips[1], "--output_dir", tmp_path]
     assert_one_clear_line(run_script(evaluate, argv, capsys), "bogus.onnx could not be loaded by onnxruntime")
+
+
+# ----------------------------------------------------------------------------- onnxruntime under --precision auto
+
+
+@pytest.fixture
+def auto_cpu(monkeypatch, tmp_path):
+    """A CPU without AMX (INT8 not tried) and an empty torch cache; the module under test."""
+    from densedepth import deploy
+
+    monkeypatch.setattr(deploy, "cpu_has_amx_int8", lambda: False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return deploy
+
+
+def small_model():
+    torch.manual_seed(0)
+    model = DenseDepth(0.0625).eval()
+    with torch.no_grad():  # depth that varies over the picture, inside NYU's range
+        model.head.weight.mul_(30)
+        model.head.bias.fill_(30.0)
+    return model
+
+
+def work_of(picture, count=64):
+    """Work of `count` pictures, the first of them `picture`."""
+    from densedepth.deploy import Work
+
+    return Work(count, lambda wanted: [picture][:wanted])
+
+
+def auto_line(out):
+    lines = [line for line in out.splitlines() if line.startswith("precision auto:")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_auto_runs_long_work_in_onnxruntime_with_pytorchs_depth(auto_cpu, monkeypatch, capsys):
+    """Where onnxruntime is faster (here: said so) on work long enough, 'auto' in fp32 on the CPU exports the
+    model once into torch's cache and runs it there; the depth is PyTorch's, at a size not a multiple of 32."""
+    monkeypatch.setattr(auto_cpu, "ORT_MIN_WORK_SECONDS", 0)
+    timings = iter([0.2, 0.1])  # PyTorch's, then onnxruntime's
+    monkeypatch.setattr(auto_cpu, "seconds_per_batch", lambda run, batch, repeats=2: next(timings))
+    model, cpu = small_model(), torch.device("cpu")
+    picture = torch.randint(0, 256, (3, 75, 249), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    chosen, dtype = auto_cpu.prediction_model(model, torch.float32, (64, 64), "auto", cpu, work_of(picture))
+    assert isinstance(chosen, auto_cpu.OnnxDepthModel) and dtype == torch.float32
+    line = auto_line(capsys.readouterr().out)
+    assert line.startswith("precision auto: fp32 in onnxruntime (") and "onnxruntime 100 ms a picture against " \
+        "PyTorch's 200 ms, the same depth to" in line and line.endswith("INT8 not tried: this CPU has no AMX-INT8")
+    cached = list((auto_cpu.Path(torch.hub.get_dir()) / "densedepth_onnx").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".onnx"
+    from densedepth.protocol import network_size, predict_depth_m
+
+    size = network_size((75, 249), (64, 64))
+    with torch.no_grad():
+        expected = predict_depth_m(model, picture[None], size, (75, 249))
+        depth_m = predict_depth_m(chosen, picture[None], size, (75, 249))
+    assert 0.1 < float(expected.min()) < float(expected.max()) < 10  # not clipped to the range
+    assert float((depth_m - expected).abs().max()) <= 1e-4 * float(expected.max())
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(auto_cpu, "export_onnx", no_export)  # the second run reads the cache
+    timings = iter([0.2, 0.1])
+    chosen, _ = auto_cpu.prediction_model(model, torch.float32, (64, 64), "auto", cpu, work_of(picture))
+    assert isinstance(chosen, auto_cpu.OnnxDepthModel) and chosen.path == cached[0]
+
+
+def test_auto_keeps_pytorch_where_onnxruntime_does_not_pay(auto_cpu, monkeypatch, capsys):
+    """Short work (the real thresholds: a tiny model on 64 pictures, 31 pictures), pictures not known in advance, a
+    slower or different onnxruntime and a failed export all keep the PyTorch model, each saying why."""
+    model, cpu = small_model(), torch.device("cpu")
+    picture = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+
+    def chosen_and_line(work):
+        chosen, _ = auto_cpu.prediction_model(model, torch.float32, (64, 64), "auto", cpu, work)
+        return chosen, auto_line(capsys.readouterr().out)
+
+    chosen, line = chosen_and_line(work_of(picture))
+    assert chosen is model and line.startswith("precision auto: fp32 (")
+    seconds = re.search(r"onnxruntime not tried for (\d+\.\d) s of work\)", line)
+    assert seconds and float(seconds[1]) < auto_cpu.ORT_MIN_WORK_SECONDS, line
+    assert "onnxruntime not tried for 31 pictures (from 32)" in chosen_and_line(work_of(picture, 31))[1]
+    assert not (auto_cpu.Path(torch.hub.get_dir()) / "densedepth_onnx").exists()
+    assert "onnxruntime not tried: the pictures are not known in advance" in chosen_and_line(None)[1]
+    monkeypatch.setattr(auto_cpu, "ORT_MIN_WORK_SECONDS", 0)
+    monkeypatch.setattr(auto_cpu, "seconds_per_batch", lambda run, batch, repeats=2: 0.1)
+    chosen, line = chosen_and_line(work_of(picture))
+    assert chosen is model and "; onnxruntime 100 ms a picture against PyTorch's 100 ms); INT8" in line
+    monkeypatch.setattr(auto_cpu, "ORT_MAX_DIFFERENCE", -1.0)
+    chosen, line = chosen_and_line(work_of(picture))
+    assert chosen is model and "onnxruntime's depth differs from PyTorch's by " in line
+
+    def failing_export(module, path, example, meta, traced=False):
+        path.write_bytes(b"half an ONNX file")
+        raise RuntimeError("the tracer gave up\nwith a long story")
+
+    monkeypatch.setattr(auto_cpu, "export_onnx", failing_export)
+    model = small_model()  # other weights' digest: not in the cache yet
+    with torch.no_grad():
+        model.head.bias.fill_(29.0)
+    chosen, line = chosen_and_line(work_of(picture))
+    assert chosen is model and "onnxruntime not tried: the export failed (the tracer gave up)" in line
+    folder = auto_cpu.Path(torch.hub.get_dir()) / "densedepth_onnx"
+    assert [path.name for path in folder.iterdir()] == [auto_cpu.auto_onnx_path(small_model(), (64, 64)).name]
+
+
+def test_exported_models_take_uint8_frames_as_they_are(exported):
+    """Frames at the network's size go to a uint8 ONNX model (export.py's) without a pass through float,
+    with the same depth as the float pictures give; other sizes, float pictures, 'auto''s float network
+    and PyTorch models are not given uint8."""
+    from densedepth.deploy import OnnxDepthModel, onnx_for_auto
+    from densedepth.protocol import predict_depth_m, takes_as_they_are
+
+    model = OnnxDepthModel(exported[1])
+    frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # as video.py's
+    assert takes_as_they_are(model, frames, (64, 64)) and not takes_as_they_are(model, frames, (64, 96))
+    assert not takes_as_they_are(model, frames.float() / 255, (64, 64))
+    assert not takes_as_they_are(small_model(), frames, (64, 64))  # PyTorch models take float
+    assert not takes_as_they_are(onnx_for_auto(small_model(), (64, 64)), frames, (64, 64))
+    as_they_are = predict_depth_m(model, frames, (64, 64), (64, 64))
+    through_float = predict_depth_m(model, frames.float() / 255, (64, 64), (64, 64))
+    assert torch.equal(as_they_are, through_float)
