@@ -10,7 +10,14 @@ import torch
 from data import FailedSample
 from densedepth.depth import KITTI_DEPTH_RANGE, NYU_DEPTH_RANGE
 from densedepth.kitti import kitti_list_shape
-from densedepth.protocol import crop_box, evaluate_protocol, network_size, resolve_crop, scaled_nyu_crop
+from densedepth.protocol import (
+    crop_box,
+    evaluate_protocol,
+    network_size,
+    predict_depth_m,
+    resolve_crop,
+    scaled_nyu_crop,
+)
 from densedepth.sources import pair_batches
 from metrics import DepthMetrics
 from utils import UserError
@@ -137,3 +144,35 @@ def test_pairs_are_batched_in_runs_of_one_size_and_a_failed_one_stops():
     failed = FailedSample(("rgb/7.png", "depth/7.png"), "rgb/7.png is not a picture")
     with pytest.raises(UserError, match=r"^--data: rgb/7.png is not a picture$"):
         list(pair_batches([pair(4, 1), failed], 2))
+
+
+class RecordingOnnxModel:
+    """Stands for an exported model run by onnxruntime that takes uint8 (export.py's): records what it is
+    given and answers 2 m everywhere, at the input's size."""
+
+    returns_depth_m = True
+    runs_in_onnxruntime = True
+    uint8_input = True
+
+    def __init__(self):
+        self.given = []
+
+    def __call__(self, images):
+        self.given.append(images)
+        return torch.full((images.shape[0], 1, *images.shape[-2:]), 2.0)
+
+
+def test_onnxruntime_models_get_uint8_frames_at_their_size_in_nchw():
+    """uint8 frames at the network's size go as they are (with their mirrors); other sizes are resized in
+    float; a float-input model gets [0, 1]; none of them channels_last (onnxruntime reads NCHW)."""
+    model, frames = RecordingOnnxModel(), torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
+    depth_m = predict_depth_m(model, frames, (32, 48), (32, 48), flip=True)
+    given = model.given[-1]
+    assert given.dtype == torch.uint8 and given.shape == (4, 3, 32, 48) and given.is_contiguous()
+    assert torch.equal(given[:2], frames) and torch.equal(given[2:], frames.flip(-1))
+    assert depth_m.shape == (2, 1, 32, 48) and torch.all(depth_m == 2.0)
+    predict_depth_m(model, frames, (64, 96), (32, 48), flip=False)
+    assert model.given[-1].dtype == torch.float32 and model.given[-1].shape == (2, 3, 64, 96)
+    model.uint8_input = False
+    predict_depth_m(model, frames, (32, 48), (32, 48), flip=False)
+    assert model.given[-1].is_contiguous() and torch.equal(model.given[-1], frames.float() / 255)
