@@ -558,6 +558,9 @@ def main(args):
     model, dtype = prediction_model(model, dtype, input_size, args.precision, device, work, args.calibration)
     if args.compile and isinstance(model, torch.nn.Module):
         model = torch.compile(model)
+    elif args.compile:  # onnxruntime optimises its own graph; the INT8 model is compiled already
+        engine = "in onnxruntime" if getattr(model, "runs_in_onnxruntime", False) else "in INT8, compiled already"
+        print(f"--compile not used: the model runs {engine} (--precision fp32 or bf16 for PyTorch's)")
     if test_set is not None:
         score(model, test_set, input_size, args, device, dtype)
         return
