@@ -176,3 +176,25 @@ def test_onnxruntime_models_get_uint8_frames_at_their_size_in_nchw():
     model.uint8_input = False
     predict_depth_m(model, frames, (32, 48), (32, 48), flip=False)
     assert model.given[-1].is_contiguous() and torch.equal(model.given[-1], frames.float() / 255)
+
+
+class RecordingNetwork:
+    """Stands for a PyTorch network (no uint8_input, not run in onnxruntime): records what it is given and
+    answers DenseDepth's target at half size."""
+
+    depth_range = NYU_DEPTH_RANGE
+
+    def __init__(self):
+        self.given = []
+
+    def __call__(self, images):
+        self.given.append(images)
+        return torch.ones(images.shape[0], 1, images.shape[2] // 2, images.shape[3] // 2)
+
+
+def test_pytorch_networks_get_float_pictures_in_channels_last_even_at_their_size():
+    network, frames = RecordingNetwork(), torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
+    predict_depth_m(network, frames, (32, 48), (32, 48), flip=False)
+    given = network.given[-1]
+    assert given.dtype == torch.float32 and torch.equal(given, frames.float() / 255)
+    assert given.is_contiguous(memory_format=torch.channels_last) and not given.is_contiguous()
