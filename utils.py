@@ -172,17 +172,24 @@ def time_convolution(dtype, repeats=5):
     own_rng = torch.Generator().manual_seed(0)  # the run's random state stays untouched
     weight = torch.rand(32, 128, 3, 3, generator=own_rng).contiguous(memory_format=torch.channels_last)
     features = torch.rand(1, 128, 60, 80, generator=own_rng).contiguous(memory_format=torch.channels_last)
-    seconds, threads = [], torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
-            for _ in range(repeats + 1):  # the first call compiles oneDNN's kernel
-                start = time.perf_counter()
-                torch.nn.functional.conv2d(features, weight, padding=1)
-                seconds.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
+    seconds = []
+    with torch_threads(1), torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+        for _ in range(repeats + 1):  # the first call compiles oneDNN's kernel
+            start = time.perf_counter()
+            torch.nn.functional.conv2d(features, weight, padding=1)
+            seconds.append(time.perf_counter() - start)
     return min(seconds[1:])
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """torch's CPU threads set to `count` inside the block, and set back after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.cache

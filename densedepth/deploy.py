@@ -41,7 +41,7 @@ from data import RGB_SUFFIXES, EigenTestZip, resize, to_unit_range
 from densedepth.depth import DepthRange, target_to_depth_m
 from densedepth.protocol import predict_depth_m
 from model import model_config
-from utils import UserError, auto_precision_reason, autocast, cpu_has_amx_int8, precision_name
+from utils import UserError, auto_precision_reason, autocast, cpu_has_amx_int8, precision_name, torch_threads
 
 INPUT_NAME, OUTPUT_NAME = "image", "depth_m"
 
@@ -235,8 +235,8 @@ class OnnxNetwork(OnnxDepthModel):
 
 
 def onnx_for_auto(model, input_size):
-    """An OnnxNetwork of `model`, exported by tracing into auto_onnx_path the first time, written under
-    a temporary name and renamed when complete."""
+    """An OnnxNetwork of `model` on as many threads as torch's, exported by tracing into auto_onnx_path
+    the first time, written under a temporary name and renamed when complete."""
     path = auto_onnx_path(model, input_size)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,10 +253,14 @@ def onnx_for_auto(model, input_size):
     return OnnxNetwork(path, threads=torch.get_num_threads())
 
 
+def depth_predictor(run, input_size):
+    """run (a network) as a function from a batch of pictures at input_size to their depth_m, no mirror."""
+    return lambda pictures: predict_depth_m(run, pictures, input_size, input_size, flip=False)
+
+
 def choose_onnxruntime(model, input_size, work):
-    """(model, words) for 'auto' in fp32 on the CPU: `model` run by onnxruntime (onnx_for_auto) where
-    that is about as fast as PyTorch (ORT_TIE) or faster on the work's first picture and its mirror and
-    gives its depth to ORT_MAX_DIFFERENCE, for work of ORT_MIN_PICTURES pictures or frames and
+    """(model, words) for 'auto' in fp32 on the CPU: `model` run by onnxruntime (onnxruntime_if_as_good)
+    on the work's first picture and its mirror, for work of ORT_MIN_PICTURES pictures or frames and
     ORT_MIN_WORK_SECONDS or more; else `model` itself. words say which and why."""
     if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
         return model, "onnxruntime not tried: pip install -r requirements-deploy.txt for it"
@@ -269,19 +273,23 @@ def choose_onnxruntime(model, input_size, work):
         return model, "onnxruntime not tried: the first picture could not be read"
     picture = torch.from_numpy(resized_pictures(first, input_size)[0])
     batch = torch.cat([picture, picture.flip(-1)])  # two pictures: one alone favours neither engine's batching
-
-    def predictor(run):
-        return lambda pictures: predict_depth_m(run, pictures, input_size, input_size, flip=False)
-
-    pytorch_s = seconds_per_batch(predictor(model), batch) / len(batch)
+    pytorch_s = seconds_per_batch(depth_predictor(model, input_size), batch) / len(batch)
     if pytorch_s * work.count < ORT_MIN_WORK_SECONDS:
         return model, f"onnxruntime not tried for {work.count * pytorch_s:.1f} s of work"
+    return onnxruntime_if_as_good(model, input_size, batch, pytorch_s)
+
+
+def onnxruntime_if_as_good(model, input_size, batch, pytorch_s):
+    """(network, words): `model` exported (onnx_for_auto) and run by onnxruntime where on `batch` it gives
+    PyTorch's depth to ORT_MAX_DIFFERENCE and takes at most ORT_TIE times pytorch_s, PyTorch's seconds a
+    picture; else `model` itself. words say which and why."""
     try:
         exported = onnx_for_auto(model, input_size)
         with torch.no_grad():
-            reference = predictor(model)(batch)
-            difference = float((predictor(exported)(batch) - reference).abs().max() / reference.abs().max())
-        ort_s = seconds_per_batch(predictor(exported), batch) / len(batch)
+            reference = depth_predictor(model, input_size)(batch)
+            difference = float((depth_predictor(exported, input_size)(batch) - reference).abs().max()
+                               / reference.abs().max())  # fmt: skip
+        ort_s = seconds_per_batch(depth_predictor(exported, input_size), batch) / len(batch)
     except Exception as err:  # noqa: BLE001 (a model onnxruntime cannot take still runs in PyTorch)
         return model, f"onnxruntime not tried: {str(err).splitlines()[0][:120]}"
     timing = f"onnxruntime {ort_s * 1000:.1f} ms a picture against PyTorch's {pytorch_s * 1000:.1f} ms"
@@ -290,6 +298,31 @@ def choose_onnxruntime(model, input_size, work):
     if ort_s > ORT_TIE * pytorch_s:
         return model, timing
     return exported, f"{timing}, the same depth to {difference:.0e}"
+
+
+def live_network(model, input_size, picture, threads, try_onnxruntime):
+    """(network, words) for a stream predicted one picture at a time (the demo's Live tab) on `threads`
+    threads, one core fewer than the machine's where the browser showing the stream runs beside it: an
+    exported .onnx gets a session of its own on `threads`; with try_onnxruntime ('auto' in fp32 on the
+    CPU) `model` runs in onnxruntime on `threads` where, on `picture` (a (3, H, W) uint8 frame), that
+    gives its depth and is about as fast (onnxruntime_if_as_good); else `model` itself, which the caller
+    runs on `threads` of torch's (utils.torch_threads). On a 2-core Zen 3 beside headless Chromium, the
+    light model's stream went from 7 to 9 frames/s on PyTorch's 2 threads to 15 to 16 on onnxruntime's
+    one (docs/demo.md)."""
+    on_threads = f"on {threads} thread{'s' if threads > 1 else ''}"
+    if isinstance(model, OnnxDepthModel):
+        return OnnxDepthModel(model.path, threads=threads), f"the exported model in onnxruntime {on_threads}"
+    engine = f"PyTorch {on_threads}"
+    if not try_onnxruntime:
+        return model, engine
+    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+        return model, f"{engine}; onnxruntime not tried: pip install -r requirements-deploy.txt for it"
+    with torch_threads(threads):  # both timed on `threads`; onnx_for_auto's session takes torch's count
+        pytorch_s = seconds_per_batch(depth_predictor(model, input_size), picture[None])
+        chosen, words = onnxruntime_if_as_good(model, input_size, picture[None], pytorch_s)
+    if chosen is model:
+        return model, f"{engine}; {words}"
+    return chosen, f"onnxruntime {on_threads}; {words}"
 
 
 def quantize_int8(onnx_path, int8_path, calibration, per_channel=True):

@@ -301,3 +301,45 @@ def test_exported_models_take_uint8_frames_as_they_are(auto_cpu, tmp_path):
     as_they_are = predict_depth_m(exported, frames, (64, 64), (64, 64))
     through_float = predict_depth_m(exported, frames.float() / 255, (64, 64), (64, 64))
     assert torch.equal(as_they_are, through_float)
+
+
+# ----------------------------------------------------------------------------- the demo's Live tab
+
+
+def test_live_network_runs_on_the_threads_it_is_given(auto_cpu, monkeypatch, tmp_path):
+    """The Live tab's network (a core left to the browser): 'auto' in fp32 runs the model in onnxruntime on the
+    threads given, with PyTorch's depth on frames of another size, after timing PyTorch on those threads too;
+    otherwise, or where onnxruntime is slower, the model itself; an exported .onnx gets a session of its own."""
+    from densedepth.protocol import predict_depth_m
+
+    model, threads_before = small_model(), torch.get_num_threads()
+    frame = torch.randint(0, 256, (3, 48, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    chosen, words = auto_cpu.live_network(model, (64, 64), frame, 1, True)
+    assert isinstance(chosen, auto_cpu.OnnxNetwork) and words.startswith("onnxruntime on 1 thread; onnxruntime ")
+    assert chosen.session.get_session_options().intra_op_num_threads == 1
+    assert torch.get_num_threads() == threads_before
+    with torch.no_grad():
+        expected = predict_depth_m(model, frame[None], (64, 64), (48, 80))
+        depth_m = predict_depth_m(chosen, frame[None], (64, 64), (48, 80))
+    assert float(expected.max()) > float(expected.min()) > 0
+    assert float((depth_m - expected).abs().max()) <= 1e-4 * float(expected.max())
+
+    chosen, words = auto_cpu.live_network(model, (64, 64), frame, 3, False)
+    assert chosen is model and words == "PyTorch on 3 threads"
+    threads_timed = []
+
+    def timed(run, batch, repeats=2):
+        threads_timed.append(torch.get_num_threads())
+        return 0.1 * len(threads_timed)  # PyTorch 0.1 s, onnxruntime 0.2 s: slower
+
+    monkeypatch.setattr(auto_cpu, "seconds_per_batch", timed)
+    chosen, words = auto_cpu.live_network(model, (64, 64), frame, 1, True)
+    assert chosen is model and threads_timed == [1, 1]
+    assert words == "PyTorch on 1 thread; onnxruntime 200.0 ms a picture against PyTorch's 100.0 ms"
+
+    path = tmp_path / "model.onnx"
+    meta = auto_cpu.metadata(model_config(model, (64, 64)), True, "a test")
+    auto_cpu.export_onnx(DepthInMetres(model, True).eval(), path, example_input((64, 64), True), meta, traced=True)
+    chosen, words = auto_cpu.live_network(auto_cpu.OnnxDepthModel(path), (64, 64), frame, 1, True)
+    assert chosen.path == path and chosen.session.get_session_options().intra_op_num_threads == 1
+    assert words == "the exported model in onnxruntime on 1 thread"
