@@ -36,10 +36,18 @@ import torch
 from PIL import Image
 
 from data import NYU_INTRINSICS, scaled_intrinsics
-from densedepth.deploy import prediction_model
+from densedepth.deploy import live_network, prediction_model
 from densedepth.inference import PictureOptions, depth_of_pictures, load_model, picture_outputs
 from densedepth.visualize import backproject, colorize_depth
-from utils import DEVICE_HELP, PREDICTION_PRECISIONS, UserError, choose_device, choose_precision, run_main
+from utils import (
+    DEVICE_HELP,
+    PREDICTION_PRECISIONS,
+    UserError,
+    choose_device,
+    choose_precision,
+    run_main,
+    torch_threads,
+)
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent / "runs/quickstart/checkpoints/last.pth"
 MAX_PIXELS = 40_000_000  # a bigger picture is refused in the page, not fed to the network
@@ -88,10 +96,13 @@ def model_path(args):
 class DepthDemo:
     """The page's work: one picture in, the side-by-side picture, the 3-D points and the files out."""
 
-    def __init__(self, model, input_size, device, dtype, flip, out_dir):
+    def __init__(self, model, input_size, device, dtype, flip, out_dir, live_threads=1, live_onnxruntime=False):
         self.model, self.input_size, self.device, self.dtype, self.flip = model, input_size, device, dtype, flip
         self.out_dir = Path(out_dir)
         self.live_rate = RateMeter()
+        # The Live tab's network, chosen at its first frame (densedepth.deploy.live_network), and its words.
+        self.live_threads, self.live_onnxruntime = live_threads, live_onnxruntime
+        self.live_model, self.live_engine = None, ""
 
     def predict(self, picture, fx=None, fy=None, cx=None, cy=None):
         """picture: (H, W, 3) uint8 RGB (Gradio's numpy image) -> (side by side, .glb, files, summary)."""
@@ -126,14 +137,27 @@ class DepthDemo:
             return None, "Waiting for the camera."
         picture = fit_within(check_picture(frame), max(self.input_size))
         image = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None]
-        depth_m = depth_of_pictures(self.model, image, self.input_size, self.device, self.dtype, flip=False)[0]
+        with torch_threads(self.live_threads):
+            model = self.live_model or self.choose_live_model(image[0])
+            depth_m = depth_of_pictures(model, image, self.input_size, self.device, self.dtype, flip=False)[0]
         low, high = self.model.depth_range.min_m, self.model.depth_range.max_m
         rate = self.live_rate.tick()
         return colorize_depth(depth_m, low, high), (
             f"Live: **{rate:.1f} frames/s** (over the last {self.live_rate.count - 1} frames), the camera's "
-            f"{frame.shape[1]}x{frame.shape[0]} predicted at {picture.shape[1]}x{picture.shape[0]}; colours {low:g} "
-            f"to {high:g} m, near = dark."
+            f"{frame.shape[1]}x{frame.shape[0]} predicted at {picture.shape[1]}x{picture.shape[0]} in "
+            f"{self.live_engine}; colours {low:g} to {high:g} m, near = dark."
         )
+
+    def choose_live_model(self, frame):
+        """The Live tab's network, chosen on its first frame ((3, H, W) uint8) and kept."""
+        if self.device.type != "cpu":
+            self.live_model, self.live_engine = self.model, f"PyTorch on {self.device}"
+            return self.model
+        self.live_model, words = live_network(self.model, self.input_size, frame, self.live_threads,
+                                              self.live_onnxruntime)  # fmt: skip
+        self.live_engine = words.split(";")[0]
+        print(f"live: {words}", flush=True)
+        return self.live_model
 
     def predict_video(self, path):
         """A video file (Gradio's upload path) -> (the depth video beside the clip, summary)."""
@@ -345,8 +369,9 @@ def live_tab(gr, demo):
                           webcam_options=gr.WebcamOptions(mirror=False, constraints=LIVE_CAMERA))  # fmt: skip
         shown = gr.Image(label="Depth (m)", type="numpy", format="jpeg", streaming=True, elem_id="live_depth")
     rate = gr.Markdown("Press the camera's record button to start.", elem_id="live_rate")
+    # No progress overlay: redrawn at each frame, it cost the browser 2 frames/s of 17 (2-core Zen 3).
     camera.stream(demo.live, [camera], [shown, rate], stream_every=LIVE_EVERY_S, concurrency_limit=1,
-                  api_name="live")  # fmt: skip
+                  show_progress="hidden", api_name="live")  # fmt: skip
 
 
 def video_tab(gr, demo):
@@ -377,7 +402,10 @@ def main(args):
     model, input_size = load_model(path, device)
     model, dtype = prediction_model(model, dtype, input_size, args.precision, device, None, args.calibration)
     out_dir = Path(tempfile.mkdtemp(prefix="densedepth-demo-"))
-    demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir)
+    # The Live tab leaves a core to the browser showing the stream (densedepth.deploy.live_network).
+    live_threads = max(1, torch.get_num_threads() - 1)
+    live_onnxruntime = args.precision == "auto" and device.type == "cpu" and dtype == torch.float32
+    demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir, live_threads, live_onnxruntime)
     title = f"Model `{shown_path(path)}`, on {device}, {str(dtype).removeprefix('torch.')}."
     app, theme = build_app(demo, title)
     print(f"serving the demo at http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)

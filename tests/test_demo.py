@@ -126,6 +126,44 @@ def test_without_a_model_it_says_how_to_get_one(monkeypatch, tmp_path, capsys):
     assert_one_clear_line(run_script(demo, [], capsys), "bash scripts/quickstart.sh", "--model nyu.h5")
 
 
+def test_the_live_tab_leaves_a_core_to_the_browser(tiny_checkpoint, monkeypatch, tmp_path, capsys):
+    """Under 'auto' in fp32 on the CPU, the Live tab's first frame picks onnxruntime on the threads given (one
+    fewer than the machine's), keeps it for the frames after, gives PyTorch's depth, and says so on the page;
+    torch's own thread count is as it was after each frame."""
+    import torch
+
+    from densedepth import deploy
+    from densedepth.inference import load_model
+    from densedepth.protocol import predict_depth_m
+    from densedepth.visualize import colorize_depth
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cpu, threads_before = torch.device("cpu"), torch.get_num_threads()
+    model, input_size = load_model(tiny_checkpoint, cpu)
+    page = demo.DepthDemo(model, input_size, cpu, torch.float32, True, tmp_path, live_threads=1, live_onnxruntime=True)
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)  # at the model's size
+    shown, line = page.live(frame)
+    assert "the camera's 64x48 predicted at 64x48 in onnxruntime on 1 thread; colours" in line
+    assert isinstance(page.live_model, deploy.OnnxNetwork) and torch.get_num_threads() == threads_before
+    assert capsys.readouterr().out.startswith("live: onnxruntime on 1 thread; onnxruntime ")
+    monkeypatch.setattr(demo, "live_network", None)  # chosen once: not called again
+    again, _ = page.live(frame)
+    with torch.no_grad():
+        depth_m = predict_depth_m(model, torch.from_numpy(frame).permute(2, 0, 1)[None], input_size, (48, 64),
+                                  flip=False)  # fmt: skip
+    expected = colorize_depth(depth_m[0, 0].numpy(), model.depth_range.min_m, model.depth_range.max_m)
+    assert np.array_equal(again, shown) and np.abs(shown.astype(int) - expected.astype(int)).max() <= 1
+
+    monkeypatch.setattr(demo, "live_network", deploy.live_network)
+    page = demo.DepthDemo(model, input_size, cpu, torch.float32, True, tmp_path, live_threads=1)  # fp32 asked for
+    threads_seen = []
+    predict = demo.depth_of_pictures
+    monkeypatch.setattr(demo, "depth_of_pictures", lambda *args, **kwargs: threads_seen.append(
+        torch.get_num_threads()) or predict(*args, **kwargs))  # fmt: skip
+    assert "predicted at 64x48 in PyTorch on 1 thread; colours" in page.live(frame)[1] and page.live_model is model
+    assert threads_seen == [1] and torch.get_num_threads() == threads_before
+
+
 def video_for_browser(folder):
     """A short clip for the browser test's video tab, or None without PyAV."""
     try:
@@ -200,7 +238,8 @@ def test_the_webcam_streams_live_depth_in_a_real_browser(server, tmp_path):
     finally:
         session.quit()
     assert float(rate.group(1)) > 1 and depth, text
-    assert "the camera's 320x240 predicted at 64x48" in text and "Error" not in text
+    assert re.search(r"the camera's 320x240 predicted at 64x48 in PyTorch on \d+ threads?;", text), text
+    assert "Error" not in text
 
 
 @needs_chromium
