@@ -1,6 +1,7 @@
 """Helpers shared by the scripts: user-facing errors, device choice, torchrun's processes, seeding,
 checkpoints."""
 
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -183,13 +184,41 @@ def time_convolution(dtype, repeats=5):
 
 @contextlib.contextmanager
 def torch_threads(count):
-    """torch's CPU threads set to `count` inside the block, and set back after it."""
+    """torch's CPU threads set to `count` inside the block, and set back after it: for the calling
+    thread; a thread whose first torch call falls inside the block keeps `count` (TorchThread)."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class TorchThread:
+    """A thread of its own whose torch calls run on `count` CPU threads, whatever other threads use.
+    torch takes each thread's count from the process's setting at that thread's first call, so the count
+    is set inside the new thread and the process's setting put back at once (create it before other
+    threads call torch: set around calls in a web server's shared workers instead, the count stayed
+    with every worker that started meanwhile)."""
+
+    def __init__(self, count):
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-thread")
+        default = torch.get_num_threads()
+        self.executor.submit(_set_own_threads, count).result()
+        torch.set_num_threads(default)
+
+    def submit(self, function, *args):
+        """function(*args) in the thread, as a concurrent.futures.Future."""
+        return self.executor.submit(function, *args)
+
+    def run(self, function, *args):
+        """function(*args) in the thread; its result (or its exception, raised here)."""
+        return self.submit(function, *args).result()
+
+
+def _set_own_threads(count):
+    torch.get_num_threads()  # the thread's first call takes the process's count; ours comes after it
+    torch.set_num_threads(count)
 
 
 @functools.cache
