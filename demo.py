@@ -36,17 +36,17 @@ import torch
 from PIL import Image
 
 from data import NYU_INTRINSICS, scaled_intrinsics
-from densedepth.deploy import live_network, prediction_model
+from densedepth.deploy import live_network, onnxruntime_may_run, prediction_model
 from densedepth.inference import PictureOptions, depth_of_pictures, load_model, picture_outputs
 from densedepth.visualize import backproject, colorize_depth
 from utils import (
     DEVICE_HELP,
     PREDICTION_PRECISIONS,
+    TorchThread,
     UserError,
     choose_device,
     choose_precision,
     run_main,
-    torch_threads,
 )
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent / "runs/quickstart/checkpoints/last.pth"
@@ -57,6 +57,7 @@ LIVE_EVERY_S = 0.01  # how often the page looks for a new webcam frame to send; 
 # What the page asks the camera for: 320x240, the light model's trained size, rather than whatever the
 # camera's largest is (a 1920x1440 frame costs more to send, decode and colour than to predict).
 LIVE_CAMERA = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # --host values that serve this machine alone
 
 
 def get_args_parser():
@@ -96,13 +97,10 @@ def model_path(args):
 class DepthDemo:
     """The page's work: one picture in, the side-by-side picture, the 3-D points and the files out."""
 
-    def __init__(self, model, input_size, device, dtype, flip, out_dir, live_threads=1, live_onnxruntime=False):
+    def __init__(self, model, input_size, device, dtype, flip, out_dir, live):
         self.model, self.input_size, self.device, self.dtype, self.flip = model, input_size, device, dtype, flip
         self.out_dir = Path(out_dir)
-        self.live_rate = RateMeter()
-        # The Live tab's network, chosen at its first frame (densedepth.deploy.live_network), and its words.
-        self.live_threads, self.live_onnxruntime = live_threads, live_onnxruntime
-        self.live_model, self.live_engine = None, ""
+        self.live_stream, self.live_rate = live, RateMeter()
 
     def predict(self, picture, fx=None, fy=None, cx=None, cy=None):
         """picture: (H, W, 3) uint8 RGB (Gradio's numpy image) -> (side by side, .glb, files, summary)."""
@@ -130,34 +128,22 @@ class DepthDemo:
         return side, str(cloud), written, summary
 
     def live(self, frame):
-        """One webcam frame (H, W, 3) uint8 -> (its depth in colour, the rate achieved so far). The frame is
-        first scaled to fit the model's trained size, which the network sees anyway: the depth comes back at
-        that size, cheap to colour and send, and the page draws it as large as the webcam beside it."""
+        """One webcam frame (H, W, 3) uint8 -> (its depth in colour, the rate achieved so far), predicted by
+        the LiveStream. The frame is first scaled to fit the model's trained size, which the network sees
+        anyway: the depth comes back at that size, cheap to colour and send, and the page draws it as large
+        as the webcam beside it."""
         if frame is None:
             return None, "Waiting for the camera."
         picture = fit_within(check_picture(frame), max(self.input_size))
         image = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None]
-        with torch_threads(self.live_threads):
-            model = self.live_model or self.choose_live_model(image[0])
-            depth_m = depth_of_pictures(model, image, self.input_size, self.device, self.dtype, flip=False)[0]
+        depth_m, engine = self.live_stream.depth_m(image)
         low, high = self.model.depth_range.min_m, self.model.depth_range.max_m
         rate = self.live_rate.tick()
         return colorize_depth(depth_m, low, high), (
             f"Live: **{rate:.1f} frames/s** (over the last {self.live_rate.count - 1} frames), the camera's "
-            f"{frame.shape[1]}x{frame.shape[0]} predicted at {picture.shape[1]}x{picture.shape[0]} in "
-            f"{self.live_engine}; colours {low:g} to {high:g} m, near = dark."
+            f"{frame.shape[1]}x{frame.shape[0]} predicted at {picture.shape[1]}x{picture.shape[0]} in {engine}; "
+            f"colours {low:g} to {high:g} m, near = dark."
         )
-
-    def choose_live_model(self, frame):
-        """The Live tab's network, chosen on its first frame ((3, H, W) uint8) and kept."""
-        if self.device.type != "cpu":
-            self.live_model, self.live_engine = self.model, f"PyTorch on {self.device}"
-            return self.model
-        self.live_model, words = live_network(self.model, self.input_size, frame, self.live_threads,
-                                              self.live_onnxruntime)  # fmt: skip
-        self.live_engine = words.split(";")[0]
-        print(f"live: {words}", flush=True)
-        return self.live_model
 
     def predict_video(self, path):
         """A video file (Gradio's upload path) -> (the depth video beside the clip, summary)."""
@@ -180,6 +166,38 @@ class DepthDemo:
         summary = (f"{report.frames} frames in {report.seconds:.1f} s ({report.frames / report.seconds:.1f} "
                    f"frames/s); colours {depth_range[0]:g} to {depth_range[1]:g} m")  # fmt: skip
         return str(report.path), summary
+
+
+class LiveStream:
+    """The Live tab's model, run in a thread of its own on `threads` of torch's: one core fewer than the
+    machine's where the browser showing the stream runs beside it (live_threads). What runs it is chosen
+    in that thread as the demo starts (densedepth.deploy.live_network: onnxruntime where it pays, under
+    try_onnxruntime), so the first frame waits at most for what is left of that."""
+
+    def __init__(self, model, input_size, device, dtype, threads, try_onnxruntime):
+        self.input_size, self.device, self.dtype = input_size, device, dtype
+        self.thread = TorchThread(threads)
+        self.chosen = self.thread.submit(self.choose, model, try_onnxruntime)
+
+    def choose(self, model, try_onnxruntime):
+        network, engine, why = live_network(model, self.input_size, self.device, try_onnxruntime)
+        print(f"live: {engine}{f'; {why}' if why else ''}", flush=True)
+        return network, engine
+
+    def depth_m(self, image):
+        """(depth_m, engine): the depth of a (1, 3, H, W) uint8 frame, predicted in the stream's thread, and
+        what predicted it."""
+        network, engine = self.chosen.result()
+        depth = self.thread.run(depth_of_pictures, network, image, self.input_size, self.device, self.dtype, False)
+        return depth[0], engine
+
+
+def live_threads(host):
+    """The Live tab's torch threads: one core fewer than the machine's where the demo serves this machine
+    alone, as its browser then runs here too (on a 2-core Zen 3 the two fought for both cores: docs/demo.md);
+    all of them where it serves others."""
+    cores = torch.get_num_threads()
+    return max(1, cores - 1) if host in LOOPBACK_HOSTS else cores
 
 
 class RateMeter:
@@ -402,10 +420,9 @@ def main(args):
     model, input_size = load_model(path, device)
     model, dtype = prediction_model(model, dtype, input_size, args.precision, device, None, args.calibration)
     out_dir = Path(tempfile.mkdtemp(prefix="densedepth-demo-"))
-    # The Live tab leaves a core to the browser showing the stream (densedepth.deploy.live_network).
-    live_threads = max(1, torch.get_num_threads() - 1)
-    live_onnxruntime = args.precision == "auto" and device.type == "cpu" and dtype == torch.float32
-    demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir, live_threads, live_onnxruntime)
+    live = LiveStream(model, input_size, device, dtype, live_threads(args.host),
+                      onnxruntime_may_run(args.precision, device, dtype))  # fmt: skip
+    demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir, live)
     title = f"Model `{shown_path(path)}`, on {device}, {str(dtype).removeprefix('torch.')}."
     app, theme = build_app(demo, title)
     print(f"serving the demo at http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)

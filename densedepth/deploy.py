@@ -41,7 +41,7 @@ from data import RGB_SUFFIXES, EigenTestZip, resize, to_unit_range
 from densedepth.depth import DepthRange, target_to_depth_m
 from densedepth.protocol import predict_depth_m
 from model import model_config
-from utils import UserError, auto_precision_reason, autocast, cpu_has_amx_int8, precision_name, torch_threads
+from utils import UserError, auto_precision_reason, autocast, cpu_has_amx_int8, precision_name
 
 INPUT_NAME, OUTPUT_NAME = "image", "depth_m"
 
@@ -300,29 +300,36 @@ def onnxruntime_if_as_good(model, input_size, batch, pytorch_s):
     return exported, f"{timing}, the same depth to {difference:.0e}"
 
 
-def live_network(model, input_size, picture, threads, try_onnxruntime):
-    """(network, words) for a stream predicted one picture at a time (the demo's Live tab) on `threads`
-    threads, one core fewer than the machine's where the browser showing the stream runs beside it: an
-    exported .onnx gets a session of its own on `threads`; with try_onnxruntime ('auto' in fp32 on the
-    CPU) `model` runs in onnxruntime on `threads` where, on `picture` (a (3, H, W) uint8 frame), that
-    gives its depth and is about as fast (onnxruntime_if_as_good); else `model` itself, which the caller
-    runs on `threads` of torch's (utils.torch_threads). On a 2-core Zen 3 beside headless Chromium, the
-    light model's stream went from 7 to 9 frames/s on PyTorch's 2 threads to 15 to 16 on onnxruntime's
-    one (docs/demo.md)."""
+def live_network(model, input_size, device, try_onnxruntime):
+    """(network, engine, why) for a stream predicted one picture at a time (the demo's Live tab), on the
+    calling thread's count of torch threads (the demo gives the stream a thread of its own): an exported
+    .onnx gets a session of its own on that many threads; with try_onnxruntime ('auto' in fp32 on the
+    CPU) a PyTorch model runs in onnxruntime where, on a picture at input_size, that gives its depth and
+    is about as fast (onnxruntime_if_as_good); else the model itself. engine says what runs it, for
+    the page; why, the reason for the choice ("" where there was none)."""
+    threads = torch.get_num_threads()
     on_threads = f"on {threads} thread{'s' if threads > 1 else ''}"
-    if isinstance(model, OnnxDepthModel):
-        return OnnxDepthModel(model.path, threads=threads), f"the exported model in onnxruntime {on_threads}"
+    if isinstance(model, OnnxDepthModel):  # OnnxNetwork stays one: its output is not metres
+        return type(model)(model.path, threads=threads), f"onnxruntime {on_threads}", ""
+    if not isinstance(model, nn.Module):  # compiled INT8, whose thread count was fixed when compiled
+        return model, "PyTorch INT8", ""
+    if device.type != "cpu":
+        return model, f"PyTorch on {device}", ""
     engine = f"PyTorch {on_threads}"
     if not try_onnxruntime:
-        return model, engine
+        return model, engine, ""
     if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
-        return model, f"{engine}; onnxruntime not tried: pip install -r requirements-deploy.txt for it"
-    with torch_threads(threads):  # both timed on `threads`; onnx_for_auto's session takes torch's count
-        pytorch_s = seconds_per_batch(depth_predictor(model, input_size), picture[None])
-        chosen, words = onnxruntime_if_as_good(model, input_size, picture[None], pytorch_s)
-    if chosen is model:
-        return model, f"{engine}; {words}"
-    return chosen, f"onnxruntime {on_threads}; {words}"
+        return model, engine, "onnxruntime not tried: pip install -r requirements-deploy.txt for it"
+    picture = torch.randint(0, 256, (1, 3, *input_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pytorch_s = seconds_per_batch(depth_predictor(model, input_size), picture)
+    chosen, why = onnxruntime_if_as_good(model, input_size, picture, pytorch_s)
+    return chosen, engine if chosen is model else f"onnxruntime {on_threads}", why
+
+
+def onnxruntime_may_run(precision, device, dtype):
+    """Whether --precision `precision` may hand the model to onnxruntime: 'auto' in fp32 on the CPU
+    (bf16 runs in PyTorch, where onnxruntime has none)."""
+    return precision == "auto" and device.type == "cpu" and dtype == torch.float32
 
 
 def quantize_int8(onnx_path, int8_path, calibration, per_channel=True):
@@ -584,7 +591,7 @@ def prediction_model(model, dtype, input_size, precision, device, work=None, cal
         print(line)
     elif precision == "auto":
         engine, why = "", auto_precision_reason(dtype, device)
-        if device.type == "cpu" and dtype == torch.float32:  # bf16 runs in PyTorch, where onnxruntime has none
+        if onnxruntime_may_run(precision, device, dtype):
             chosen, words = choose_onnxruntime(model, input_size, work)
             engine = " in onnxruntime" if chosen is not model else ""
             model, why = chosen, f"{why}; {words}"

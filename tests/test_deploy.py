@@ -242,7 +242,7 @@ def test_auto_runs_long_work_in_onnxruntime_with_pytorchs_depth(auto_cpu, monkey
 
 
 def test_auto_keeps_pytorch_where_onnxruntime_does_not_pay(auto_cpu, monkeypatch, capsys):
-    """Short work (the real thresholds: a tiny model on 64 pictures, 31 pictures), pictures not known in advance, a
+    """Short work (the real thresholds: a tiny model on 32 pictures, 31 pictures), pictures not known in advance, a
     slower or different onnxruntime and a failed export all keep the PyTorch model, each saying why."""
     model, cpu = small_model(), torch.device("cpu")
     picture = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
@@ -251,7 +251,7 @@ def test_auto_keeps_pytorch_where_onnxruntime_does_not_pay(auto_cpu, monkeypatch
         chosen, _ = auto_cpu.prediction_model(model, torch.float32, (64, 64), "auto", cpu, work)
         return chosen, auto_line(capsys.readouterr().out)
 
-    chosen, line = chosen_and_line(work_of(picture))
+    chosen, line = chosen_and_line(work_of(picture, 32))  # the fewest tried: 5 s leaves 150 ms a picture
     assert chosen is model and line.startswith("precision auto: fp32 (")
     seconds = re.search(r"onnxruntime not tried for (\d+\.\d) s of work\)", line)
     assert seconds and float(seconds[1]) < auto_cpu.ORT_MIN_WORK_SECONDS, line
@@ -306,40 +306,52 @@ def test_exported_models_take_uint8_frames_as_they_are(auto_cpu, tmp_path):
 # ----------------------------------------------------------------------------- the demo's Live tab
 
 
-def test_live_network_runs_on_the_threads_it_is_given(auto_cpu, monkeypatch, tmp_path):
-    """The Live tab's network (a core left to the browser): 'auto' in fp32 runs the model in onnxruntime on the
-    threads given, with PyTorch's depth on frames of another size, after timing PyTorch on those threads too;
-    otherwise, or where onnxruntime is slower, the model itself; an exported .onnx gets a session of its own."""
+def test_live_network_runs_on_the_threads_of_its_thread(auto_cpu, monkeypatch, tmp_path):
+    """The Live tab's network, chosen in a thread of its own (more threads than torch's default here, so that
+    a count taken from elsewhere shows): 'auto' in fp32 runs the model in onnxruntime on that thread's count
+    where it is faster, with PyTorch's depth on frames of another size, after timing both on that count;
+    otherwise, or where onnxruntime is slower, the model itself; exported models get a session of their own
+    and stay what they are; on another device, and for compiled INT8, the model itself."""
     from densedepth.protocol import predict_depth_m
+    from utils import TorchThread
 
-    model, threads_before = small_model(), torch.get_num_threads()
-    frame = torch.randint(0, 256, (3, 48, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
-    chosen, words = auto_cpu.live_network(model, (64, 64), frame, 1, True)
-    assert isinstance(chosen, auto_cpu.OnnxNetwork) and words.startswith("onnxruntime on 1 thread; onnxruntime ")
-    assert chosen.session.get_session_options().intra_op_num_threads == 1
-    assert torch.get_num_threads() == threads_before
-    with torch.no_grad():
-        expected = predict_depth_m(model, frame[None], (64, 64), (48, 80))
-        depth_m = predict_depth_m(chosen, frame[None], (64, 64), (48, 80))
-    assert float(expected.max()) > float(expected.min()) > 0
-    assert float((depth_m - expected).abs().max()) <= 1e-4 * float(expected.max())
-
-    chosen, words = auto_cpu.live_network(model, (64, 64), frame, 3, False)
-    assert chosen is model and words == "PyTorch on 3 threads"
+    model, count = small_model(), torch.get_num_threads() + 1
+    thread, cpu = TorchThread(count), torch.device("cpu")
     threads_timed = []
 
-    def timed(run, batch, repeats=2):
-        threads_timed.append(torch.get_num_threads())
-        return 0.1 * len(threads_timed)  # PyTorch 0.1 s, onnxruntime 0.2 s: slower
+    def timed_as(*seconds):
+        times = iter(seconds)
 
-    monkeypatch.setattr(auto_cpu, "seconds_per_batch", timed)
-    chosen, words = auto_cpu.live_network(model, (64, 64), frame, 1, True)
-    assert chosen is model and threads_timed == [1, 1]
-    assert words == "PyTorch on 1 thread; onnxruntime 200.0 ms a picture against PyTorch's 100.0 ms"
+        def timed(run, batch, repeats=2):
+            threads_timed.append(torch.get_num_threads())
+            return next(times)
+
+        monkeypatch.setattr(auto_cpu, "seconds_per_batch", timed)
+
+    timed_as(0.2, 0.1)  # PyTorch's, then onnxruntime's
+    chosen, engine, why = thread.run(auto_cpu.live_network, model, (64, 64), cpu, True)
+    assert isinstance(chosen, auto_cpu.OnnxNetwork) and engine == f"onnxruntime on {count} threads"
+    assert why.startswith("onnxruntime 100.0 ms a picture against PyTorch's 200.0 ms, the same depth to ")
+    assert chosen.session.get_session_options().intra_op_num_threads == count and threads_timed == [count, count]
+    frame = torch.randint(0, 256, (1, 3, 48, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = predict_depth_m(model, frame, (64, 64), (48, 80))
+        depth_m = predict_depth_m(chosen, frame, (64, 64), (48, 80))
+    assert float(expected.max()) > float(expected.min()) > 0
+    assert float((depth_m - expected).abs().max()) <= 1e-4 * float(expected.max())
+    assert thread.run(auto_cpu.live_network, chosen, (64, 64), cpu, True)[0].returns_depth_m is False
+
+    timed_as(0.1, 0.2)
+    assert thread.run(auto_cpu.live_network, model, (64, 64), cpu, True) == (
+        model, f"PyTorch on {count} threads", "onnxruntime 200.0 ms a picture against PyTorch's 100.0 ms")
+    assert thread.run(auto_cpu.live_network, model, (64, 64), cpu, False) == (model, f"PyTorch on {count} threads", "")
+    assert auto_cpu.live_network(model, (64, 64), torch.device("cuda"), True) == (model, "PyTorch on cuda", "")
+    int8 = auto_cpu.Int8DepthModel(model, model.depth_range)
+    assert auto_cpu.live_network(int8, (64, 64), cpu, True) == (int8, "PyTorch INT8", "")
 
     path = tmp_path / "model.onnx"
     meta = auto_cpu.metadata(model_config(model, (64, 64)), True, "a test")
     auto_cpu.export_onnx(DepthInMetres(model, True).eval(), path, example_input((64, 64), True), meta, traced=True)
-    chosen, words = auto_cpu.live_network(auto_cpu.OnnxDepthModel(path), (64, 64), frame, 1, True)
-    assert chosen.path == path and chosen.session.get_session_options().intra_op_num_threads == 1
-    assert words == "the exported model in onnxruntime on 1 thread"
+    chosen, engine, _ = thread.run(auto_cpu.live_network, auto_cpu.OnnxDepthModel(path), (64, 64), cpu, True)
+    assert chosen.path == path and chosen.returns_depth_m and engine == f"onnxruntime on {count} threads"
+    assert chosen.session.get_session_options().intra_op_num_threads == count
