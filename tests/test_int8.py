@@ -8,6 +8,7 @@ converted (the same INT8 arithmetic, uncompiled); bench/benchmark.py --deploy ti
 
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -121,7 +122,9 @@ def test_auto_does_not_quantise_for_small_work(monkeypatch, tiny_checkpoint, tin
     argv = ["--model", tiny_checkpoint, "--data", tiny_zips[1], "--output_dir", tmp_path, "--precision", "auto"]
     status, out, err = run_script(evaluate, argv, capsys)
     assert status == 0, err
-    assert "INT8 not tried: 4 pictures take about 0.0 min in " in out and "too little to pay for quantising" in out
+    # (about 0.0 min; a machine busy with other work can make it 0.1)
+    assert re.search(r"INT8 not tried: 4 pictures take about 0\.\d min in ", out), out
+    assert "too little to pay for quantising" in out
     model = DenseDepth(0.0625).eval()
     cpu = torch.device("cpu")
     deploy.prediction_model(model, torch.float32, (64, 64), "auto", cpu, work=None)  # the demo: work unknown
