@@ -5,10 +5,12 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import queue
 import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -195,25 +197,38 @@ def torch_threads(count):
 
 
 class TorchThread:
-    """A thread of its own whose torch calls run on `count` CPU threads, whatever other threads use.
-    torch takes each thread's count from the process's setting at that thread's first call, so the count
-    is set inside the new thread and the process's setting put back at once (create it before other
-    threads call torch: set around calls in a web server's shared workers instead, the count stayed
-    with every worker that started meanwhile)."""
+    """A thread of its own whose torch calls run on `count` CPU threads, while the others keep theirs.
+    With torch's OpenMP backend (its Linux and Windows wheels) each thread takes its count from the
+    process's setting at its first torch call, so the count is set inside the new thread and the calling
+    thread's count put back at once; create it while no other thread is making its first torch call.
+    (torch_threads around calls in a web server's shared workers left the count with every worker that
+    started meanwhile.) A daemon thread: a run still going does not hold up the process's exit."""
 
     def __init__(self, count):
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-thread")
+        self.jobs = queue.SimpleQueue()
+        threading.Thread(target=self._work, daemon=True, name="torch-thread").start()
         default = torch.get_num_threads()
-        self.executor.submit(_set_own_threads, count).result()
+        self.run(_set_own_threads, count)
         torch.set_num_threads(default)
 
-    def submit(self, function, *args):
-        """function(*args) in the thread, as a concurrent.futures.Future."""
-        return self.executor.submit(function, *args)
+    def _work(self):
+        while True:
+            future, function, args, kwargs = self.jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args, **kwargs))
+                except BaseException as err:  # noqa: BLE001 (handed to the caller, who raises it)
+                    future.set_exception(err)
 
-    def run(self, function, *args):
-        """function(*args) in the thread; its result (or its exception, raised here)."""
-        return self.submit(function, *args).result()
+    def submit(self, function, *args, **kwargs):
+        """function(*args, **kwargs) in the thread, as a concurrent.futures.Future."""
+        future = concurrent.futures.Future()
+        self.jobs.put((future, function, args, kwargs))
+        return future
+
+    def run(self, function, *args, **kwargs):
+        """function(*args, **kwargs) in the thread; its result (or its exception, raised here)."""
+        return self.submit(function, *args, **kwargs).result()
 
 
 def _set_own_threads(count):
