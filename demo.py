@@ -97,10 +97,10 @@ def model_path(args):
 class DepthDemo:
     """The page's work: one picture in, the side-by-side picture, the 3-D points and the files out."""
 
-    def __init__(self, model, input_size, device, dtype, flip, out_dir, live):
+    def __init__(self, model, input_size, device, dtype, flip, out_dir, live_stream):
         self.model, self.input_size, self.device, self.dtype, self.flip = model, input_size, device, dtype, flip
         self.out_dir = Path(out_dir)
-        self.live_stream, self.live_rate = live, RateMeter()
+        self.live_stream, self.live_rate = live_stream, RateMeter()
 
     def predict(self, picture, fx=None, fy=None, cx=None, cy=None):
         """picture: (H, W, 3) uint8 RGB (Gradio's numpy image) -> (side by side, .glb, files, summary)."""
@@ -136,7 +136,7 @@ class DepthDemo:
             return None, "Waiting for the camera."
         picture = fit_within(check_picture(frame), max(self.input_size))
         image = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None]
-        depth_m, engine = self.live_stream.depth_m(image)
+        depth_m, engine = self.live_stream.predict(image)
         low, high = self.model.depth_range.min_m, self.model.depth_range.max_m
         rate = self.live_rate.tick()
         return colorize_depth(depth_m, low, high), (
@@ -171,24 +171,33 @@ class DepthDemo:
 class LiveStream:
     """The Live tab's model, run in a thread of its own on `threads` of torch's: one core fewer than the
     machine's where the browser showing the stream runs beside it (live_threads). What runs it is chosen
-    in that thread as the demo starts (densedepth.deploy.live_network: onnxruntime where it pays, under
-    try_onnxruntime), so the first frame waits at most for what is left of that."""
+    in that thread at the stream's first frame (densedepth.deploy.live_network: onnxruntime where it pays,
+    under try_onnxruntime; 2 to 5 s the first time for the light model, then cached), so that a demo whose
+    Live tab is not used neither exports nor times anything."""
 
     def __init__(self, model, input_size, device, dtype, threads, try_onnxruntime):
-        self.input_size, self.device, self.dtype = input_size, device, dtype
-        self.thread = TorchThread(threads)
-        self.chosen = self.thread.submit(self.choose, model, try_onnxruntime)
+        self.model, self.input_size, self.device, self.dtype = model, input_size, device, dtype
+        self.try_onnxruntime, self.thread, self.chosen = try_onnxruntime, TorchThread(threads), None
 
-    def choose(self, model, try_onnxruntime):
-        network, engine, why = live_network(model, self.input_size, self.device, try_onnxruntime)
+    def choose(self):
+        """(network, engine): what runs the stream, said in one line; the model itself if choosing fails."""
+        try:
+            network, engine, why = live_network(self.model, self.input_size, self.device, self.try_onnxruntime)
+        except Exception as err:  # noqa: BLE001 (the stream still runs, as the other tabs do)
+            threads = torch.get_num_threads()
+            network, engine = self.model, f"PyTorch on {threads} thread{'s' if threads > 1 else ''}"
+            why = f"onnxruntime not tried: {str(err).splitlines()[0][:120]}"
         print(f"live: {engine}{f'; {why}' if why else ''}", flush=True)
         return network, engine
 
-    def depth_m(self, image):
+    def predict(self, image):
         """(depth_m, engine): the depth of a (1, 3, H, W) uint8 frame, predicted in the stream's thread, and
-        what predicted it."""
-        network, engine = self.chosen.result()
-        depth = self.thread.run(depth_of_pictures, network, image, self.input_size, self.device, self.dtype, False)
+        what predicted it. Gradio sends one frame at a time (concurrency_limit=1)."""
+        if self.chosen is None:
+            self.chosen = self.thread.run(self.choose)
+        network, engine = self.chosen
+        depth = self.thread.run(depth_of_pictures, network, image, self.input_size, self.device, self.dtype,
+                                flip=False)  # fmt: skip
         return depth[0], engine
 
 
@@ -420,9 +429,9 @@ def main(args):
     model, input_size = load_model(path, device)
     model, dtype = prediction_model(model, dtype, input_size, args.precision, device, None, args.calibration)
     out_dir = Path(tempfile.mkdtemp(prefix="densedepth-demo-"))
-    live = LiveStream(model, input_size, device, dtype, live_threads(args.host),
-                      onnxruntime_may_run(args.precision, device, dtype))  # fmt: skip
-    demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir, live)
+    live_stream = LiveStream(model, input_size, device, dtype, live_threads(args.host),
+                             onnxruntime_may_run(args.precision, device, dtype))  # fmt: skip
+    demo = DepthDemo(model, input_size, device, dtype, args.flip, out_dir, live_stream)
     title = f"Model `{shown_path(path)}`, on {device}, {str(dtype).removeprefix('torch.')}."
     app, theme = build_app(demo, title)
     print(f"serving the demo at http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)

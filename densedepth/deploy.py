@@ -320,7 +320,7 @@ def live_network(model, input_size, device, try_onnxruntime):
         return model, engine, ""
     if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
         return model, engine, "onnxruntime not tried: pip install -r requirements-deploy.txt for it"
-    picture = torch.randint(0, 256, (1, 3, *input_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    picture = example_input(input_size, True)
     pytorch_s = seconds_per_batch(depth_predictor(model, input_size), picture)
     chosen, why = onnxruntime_if_as_good(model, input_size, picture, pytorch_s)
     return chosen, engine if chosen is model else f"onnxruntime {on_threads}", why
