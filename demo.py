@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from data import NYU_INTRINSICS, scaled_intrinsics
-from densedepth.deploy import live_network, onnxruntime_may_run, prediction_model
+from densedepth.deploy import live_network, onnxruntime_may_run, prediction_model, threads_words
 from densedepth.inference import PictureOptions, depth_of_pictures, load_model, picture_outputs
 from densedepth.visualize import backproject, colorize_depth
 from utils import (
@@ -184,8 +184,7 @@ class LiveStream:
         try:
             network, engine, why = live_network(self.model, self.input_size, self.device, self.try_onnxruntime)
         except Exception as err:  # noqa: BLE001 (the stream still runs, as the other tabs do)
-            threads = torch.get_num_threads()
-            network, engine = self.model, f"PyTorch on {threads} thread{'s' if threads > 1 else ''}"
+            network, engine = self.model, f"PyTorch on {threads_words(torch.get_num_threads())}"
             why = f"onnxruntime not tried: {str(err).splitlines()[0][:120]}"
         print(f"live: {engine}{f'; {why}' if why else ''}", flush=True)
         return network, engine

@@ -262,7 +262,7 @@ def choose_onnxruntime(model, input_size, work):
     """(model, words) for 'auto' in fp32 on the CPU: `model` run by onnxruntime (onnxruntime_if_as_good)
     on the work's first picture and its mirror, for work of ORT_MIN_PICTURES pictures or frames and
     ORT_MIN_WORK_SECONDS or more; else `model` itself. words say which and why."""
-    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+    if not onnxruntime_installed():
         return model, "onnxruntime not tried: pip install -r requirements-deploy.txt for it"
     if work is None:
         return model, "onnxruntime not tried: the pictures are not known in advance"
@@ -300,6 +300,16 @@ def onnxruntime_if_as_good(model, input_size, batch, pytorch_s):
     return exported, f"{timing}, the same depth to {difference:.0e}"
 
 
+def onnxruntime_installed():
+    """Whether onnx and onnxruntime (requirements-deploy.txt) are there to export and run a model."""
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+
+
+def threads_words(count):
+    """'1 thread', '3 threads'."""
+    return f"{count} thread{'s' if count > 1 else ''}"
+
+
 def live_network(model, input_size, device, try_onnxruntime):
     """(network, engine, why) for a stream predicted one picture at a time (the demo's Live tab), on the
     calling thread's count of torch threads (the demo gives the stream a thread of its own): an exported
@@ -308,7 +318,7 @@ def live_network(model, input_size, device, try_onnxruntime):
     is about as fast (onnxruntime_if_as_good); else the model itself. engine says what runs it, for
     the page; why, the reason for the choice ("" where there was none)."""
     threads = torch.get_num_threads()
-    on_threads = f"on {threads} thread{'s' if threads > 1 else ''}"
+    on_threads = f"on {threads_words(threads)}"
     if isinstance(model, OnnxDepthModel):  # OnnxNetwork stays one: its output is not metres
         return type(model)(model.path, threads=threads), f"onnxruntime {on_threads}", ""
     if not isinstance(model, nn.Module):  # compiled INT8, whose thread count was fixed when compiled
@@ -318,7 +328,7 @@ def live_network(model, input_size, device, try_onnxruntime):
     engine = f"PyTorch {on_threads}"
     if not try_onnxruntime:
         return model, engine, ""
-    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+    if not onnxruntime_installed():
         return model, engine, "onnxruntime not tried: pip install -r requirements-deploy.txt for it"
     picture = example_input(input_size, True)
     pytorch_s = seconds_per_batch(depth_predictor(model, input_size), picture)
