@@ -155,13 +155,11 @@ class OnnxDepthModel:
     returns_depth_m = True
     runs_in_onnxruntime = True  # numpy arrays in NCHW: no channels_last for it
 
-    def __init__(self, path, threads=None, spinning=True):
+    def __init__(self, path, threads=None):
         ort = _import("onnxruntime")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for files it cannot load
@@ -169,7 +167,7 @@ class OnnxDepthModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         if "max_depth_m" not in meta:
             raise UserError(f"{path} is an ONNX model, but not one export.py wrote (no depth range in its metadata)")
-        self.path, self.threads, self.spinning, self._sleeping = path, threads, spinning, None
+        self.path = path
         self.depth_range = DepthRange(float(meta["min_depth_m"]), float(meta["max_depth_m"]))
         self.input_size = tuple(int(side) for side in meta["input_size"].split())
         self.uint8_input = self.session.get_inputs()[0].type == "tensor(uint8)"
@@ -183,16 +181,6 @@ class OnnxDepthModel:
                 array = np.clip(np.rint(array * 255), 0, 255).astype(np.uint8)
         (depth_m,) = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(array)})
         return torch.from_numpy(depth_m).to(images.device)
-
-    def sharing_cores(self):
-        """This model in a session whose idle threads sleep instead of spinning, for work whose own threads
-        share the cores (a video's decoding and encoding): there spinning took CPU time from them. Alone,
-        spinning is faster (the light model at 320x240: 10.6 against 12.1 ms a picture in batches of 8)."""
-        if not self.spinning:
-            return self
-        if self._sleeping is None:  # made once: each video of a run (or of the demo) shares it
-            self._sleeping = type(self)(self.path, threads=self.threads, spinning=False)
-        return self._sleeping
 
     def to(self, *args, **kwargs):  # onnxruntime runs on the CPU, whatever torch's device
         return self

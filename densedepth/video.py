@@ -23,7 +23,7 @@ from tqdm import tqdm
 from data import encode_picture, encode_test_depth_png
 from densedepth.inference import depth_of_pictures
 from densedepth.visualize import colorize_depth, side_by_side
-from utils import Stopped, UserError, torch_threads, write_bytes
+from utils import Stopped, UserError, write_bytes
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 INSTALL_HINT = "videos are read and written with PyAV: pip install -r requirements-video.txt"
@@ -233,18 +233,10 @@ def depth_of_video(model, path, out_path, input_size, device, dtype, options, fr
     as NAME.partial.mp4 and the error (or Stopped) says so; the threads are joined and the video
     closed on every path.
     """
-    threads = torch.get_num_threads()
-    if getattr(model, "runs_in_onnxruntime", False):
-        # Beside the decoding and encoding threads: onnxruntime's threads sleep when idle, and torch's own
-        # work around the network (uint8 to float, depth to metres) runs on one thread rather than wait for
-        # a core. The light model on a 2-core Zen 3, ten runs each taking turns: 55.9 against 57.5 frames/s on
-        # average, 27.8 against 26.7 s of CPU (docs/models.md).
-        model, threads = model.sharing_cores(), 1
     container, stream = open_video(path)
     try:
-        with torch_threads(threads):
-            return _depth_of_open_video(model, path, container, stream, out_path, input_size, device, dtype,
-                                        options, frames_dir)  # fmt: skip
+        return _depth_of_open_video(model, path, container, stream, out_path, input_size, device, dtype, options,
+                                    frames_dir)  # fmt: skip
     finally:
         container.close()
 
