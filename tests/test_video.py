@@ -163,13 +163,14 @@ def test_without_pyav_a_video_says_what_to_install(tmp_path, capsys, monkeypatch
 def test_odd_sized_frames_are_padded_with_their_edge(tmp_path):
     """yuv420p needs even sides: a 63x95 frame is written at 64x96, its last row and column repeated
     (np.pad's 'edge': not black, not the row or column before), where the depth climbs steeply towards
-    both edges; the 64x96 frames of every other test are written as they are."""
+    both edges (yuv420p shares chroma between columns 94 and 95: it is the brightness that tells); the
+    64x96 frames of every other test are written as they are."""
     options = video.VideoOptions(flip=False, batch_size=1, depth_range_m=(0.1, 10.0), cmap="plasma")
     writer = video.DepthVideoWriter(tmp_path / "odd.mp4", 12, (63, 95), options, None)
     ramp = lambda count: np.clip(np.arange(count) - (count - 5), 0, None) * 1.0  # 0, then +1 m each of 4 steps
     depth_m = (1 + ramp(63)[:, None] + ramp(95)[None, :]).astype(np.float32)  # 1 to 9 m
     for _ in range(3):
-        writer.write(None, depth_m)
+        writer.write(np.zeros((63, 95, 3), np.uint8), depth_m)
     writer.close(complete=True)
     (_, _, width, height, _), frames = decoded_frames(tmp_path / "odd.mp4")
     assert (width, height, len(frames)) == (96, 64, 3)
