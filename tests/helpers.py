@@ -2,6 +2,7 @@
 in-process as its command line does, the one-clear-line check of bad input, a rewritten zip, small clips."""
 
 import re
+import threading
 import zipfile
 from pathlib import Path
 
@@ -89,3 +90,14 @@ def decoded_frames(path):
         info = (stream.codec_context.name, stream.codec_context.pix_fmt, stream.width, stream.height,
                 stream.average_rate)  # fmt: skip
         return info, [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+
+
+def threads_of_a_new_thread():
+    """torch's thread count as a thread started now sees it at its first torch call."""
+    import torch
+
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]

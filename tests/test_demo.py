@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, assert_one_clear_line, run_script
+from helpers import ROOT, assert_one_clear_line, run_script, threads_of_a_new_thread
 from PIL import Image
 
 import demo
@@ -131,8 +131,6 @@ def test_the_live_tab_runs_in_a_thread_of_its_own(tiny_checkpoint, monkeypatch, 
     thread of its own, on that thread's count of torch threads, with PyTorch's depth, and the page says so;
     with fp32 asked for, in PyTorch on that count, while a thread starting meanwhile gets the process's; one
     core is left to the browser only where the demo serves this machine alone."""
-    import threading
-
     import torch
 
     from densedepth import deploy
@@ -163,10 +161,7 @@ def test_the_live_tab_runs_in_a_thread_of_its_own(tiny_checkpoint, monkeypatch, 
     threads_seen, predict = [], demo.depth_of_pictures
 
     def recording(*args, **kwargs):
-        other = threading.Thread(target=lambda: threads_seen.append(torch.get_num_threads()))
-        other.start()
-        other.join()
-        threads_seen.append(torch.get_num_threads())
+        threads_seen.extend([threads_of_a_new_thread(), torch.get_num_threads()])
         return predict(*args, **kwargs)
 
     monkeypatch.setattr(demo, "depth_of_pictures", recording)

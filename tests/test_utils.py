@@ -6,6 +6,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from helpers import threads_of_a_new_thread
 
 from utils import (
     GracefulStop,
@@ -214,23 +215,13 @@ def test_autocast_is_off_for_fp32_and_on_otherwise():
 def test_a_torch_thread_keeps_its_count_and_leaves_the_others_theirs():
     """A TorchThread's calls run on its count; the calling thread, and threads whose first torch call comes
     after it is made or while it works, keep the process's count (measured in each thread, by torch)."""
-    import threading
-
     from utils import TorchThread
 
     default = torch.get_num_threads()
     count = default + 1  # differs from the default on any machine
-
-    def count_in_new_thread():
-        seen = []
-        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        thread.start()
-        thread.join()
-        return seen[0]
-
     worker = TorchThread(count)
     assert worker.run(torch.get_num_threads) == count and torch.get_num_threads() == default
-    assert count_in_new_thread() == default
-    assert worker.run(count_in_new_thread) == default  # one started while it works
+    assert threads_of_a_new_thread() == default
+    assert worker.run(threads_of_a_new_thread) == default  # one started while it works
     assert worker.run(lambda: torch.ones(64, 64).matmul(torch.ones(64, 64))[0, 0].item()) == 64.0
     assert worker.run(torch.get_num_threads) == count
